@@ -1,0 +1,92 @@
+/*
+ * db_internal: the layout of struct db, shared by db.c (open, schema,
+ * recovery, close) and writer.c (the writer thread and its queue).
+ *
+ * Ownership of the fields, so that no lock is needed where none is taken:
+ * - "loop" fields are touched only by the loop thread;
+ * - "writer" fields are set by db_writer_start() before the thread exists
+ *   and then used only by the writer thread until it has been joined;
+ * - "mu" fields are read and written only with `mu` held.
+ */
+#ifndef DB_DB_INTERNAL_H
+#define DB_DB_INTERNAL_H
+
+#include "db/db.h"
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <uv.h>
+
+/* Prepared statements of the writer, indices into struct db.stmts. */
+enum db__stmt {
+    DB__ST_BEGIN,
+    DB__ST_COMMIT,
+    DB__ST_ROLLBACK,
+    DB__ST_INS_SESSION,
+    DB__ST_INS_IMAGE,
+    DB__ST_INS_SESSION_IMAGE,
+    DB__ST_INS_STEP,
+    DB__ST_UPD_LAST_STEP,
+    DB__ST_UPD_END,
+    DB__ST_COUNT
+};
+
+enum db__req_kind { DB__REQ_BEGIN, DB__REQ_STEP, DB__REQ_END, DB__REQ_ERROR };
+
+/* One queued write. Every string it points to lives in the same
+ * allocation, right after the struct, so a request is one malloc/free. */
+struct db__req {
+    struct db__req *next;
+    enum db__req_kind kind;
+    int status;         /* DB__REQ_END on the done list: 0 or ST_EDB */
+    db_commit_cb cb;    /* DB__REQ_END only */
+    void *cb_data;
+    union {
+        struct db_session_begin begin;
+        struct db_step step;
+        struct db_session_end end;
+    } u;
+};
+
+/* Where the writer is, as the loop thread sees it. */
+enum db__wstate { DB__W_IDLE, DB__W_RUNNING, DB__W_STOPPING, DB__W_STOPPED };
+
+struct db {
+    /* loop (and the writer thread between start and join) */
+    sqlite3 *conn;
+    char *path;
+    unsigned recovered;
+    int64_t next_id;
+    int64_t first_free_id; /* ids from here up were unused at open */
+
+    /* loop */
+    enum db__wstate wstate;
+    uv_loop_t *loop;
+    uv_async_t async;
+    db_error_cb on_error;
+    void *error_data;
+    void (*stop_cb)(struct db *db, void *user_data);
+    void *stop_data;
+
+    /* writer */
+    uv_thread_t thread;
+    sqlite3_stmt *stmts[DB__ST_COUNT];
+
+    /* mu */
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    struct db__req *queue, **queue_tail;
+    struct db__req *done, **done_tail;
+    bool stopping;    /* no more requests will come; drain and exit */
+    bool failed;      /* a batch failed; nothing more is written */
+    bool exited;      /* the thread has left its loop (join won't block) */
+    bool async_ready; /* the thread may uv_async_send() */
+    uint64_t commits, commit_ns_total, commit_ns_max;
+    char fail_msg[512];
+    struct db__req fail_node; /* DB__REQ_ERROR entry on the done list */
+};
+
+/* Finalize the writer's statements (NULL entries are skipped). */
+void db__finalize_stmts(struct db *db);
+
+#endif

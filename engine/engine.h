@@ -1,0 +1,135 @@
+/*
+ * engine: slots, sessions and the recipe runner, driven by one libuv loop.
+ *
+ * Lifecycle: eng_engine_new() on the station's loop; eng_engine_load()
+ * opens and hashes the recipe's images off the loop thread and reports
+ * once through its callback; transports (virtual rack, USB, TCP) hand over
+ * arriving devices with eng_engine_device_arrived() and report departures
+ * with eng_engine_device_left(); eng_engine_close() aborts what runs and
+ * calls back once every handle is closed, after which eng_engine_free().
+ *
+ * Everything the engine does is reported through the one event callback
+ * given to eng_engine_new(); it runs on the loop thread, and the event
+ * and its strings are valid only during the call (copy what you keep).
+ * Engine functions may be called from inside the event callback.
+ */
+#ifndef ENG_ENGINE_H
+#define ENG_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config/recipe.h"
+#include "engine/transport.h"
+
+struct eng_engine;
+
+enum eng_result {
+    ENG_RESULT_NONE = 0,
+    ENG_RESULT_PASS,
+    ENG_RESULT_FAIL,
+    ENG_RESULT_ABORTED,
+};
+
+enum eng_event_type {
+    ENG_EV_ARRIVED,       /* a device is on a slot (port, usb_serial) */
+    ENG_EV_SESSION_BEGIN, /* session_id, slot, port, recipe, images */
+    ENG_EV_STEP_BEGIN,    /* step, step_index, step_count */
+    ENG_EV_PROGRESS,      /* bytes_done / bytes_total within the step */
+    ENG_EV_INFO,          /* text: one INFO line from the device */
+    ENG_EV_STEP_END,      /* result, text (reply or reason), bytes_done */
+    ENG_EV_SESSION_END,   /* result, failed step, reason, serial, product */
+    ENG_EV_LEFT,          /* the device left the slot */
+    ENG_EV_WAITING,       /* a device waits: intake paused */
+};
+
+struct eng_image_info {
+    const char *name;
+    const char *path;
+    const char *sha256;
+    uint64_t size;
+};
+
+struct eng_event {
+    enum eng_event_type type;
+    int64_t t_ms;            /* unix time of the event, milliseconds */
+    int64_t session_id;      /* 0 when not about a session */
+    const char *slot;
+    const char *port;
+    const char *usb_serial;  /* "" when unknown */
+    const char *serial;      /* best identity so far ("" when unknown) */
+    const char *product;     /* "" when unknown */
+    /* steps */
+    const char *step;        /* "flash:system" */
+    unsigned step_index, step_count;
+    int64_t step_started_ms;
+    uint64_t bytes_done, bytes_total;
+    /* results */
+    enum eng_result result;
+    const char *failed_step; /* SESSION_END: NULL on PASS */
+    const char *text;        /* INFO line, step reply, or failure reason */
+    const char *info;        /* STEP_END: the step's INFO lines, '\n'-joined, or NULL */
+    int64_t session_started_ms;
+    uint64_t session_bytes;
+    /* SESSION_BEGIN */
+    const char *recipe, *recipe_version;
+    unsigned n_images;
+    const struct eng_image_info *images;
+};
+
+typedef void (*eng_event_cb)(const struct eng_event *ev, void *user_data);
+
+struct eng_options {
+    int64_t first_session_id;   /* ids are allocated from here upwards */
+    unsigned reply_timeout_ms;  /* per command; default 5000 */
+    uint64_t min_rate_bps;      /* data steps get reply_timeout + bytes/rate; default 1 MB/s */
+    unsigned reenum_timeout_ms; /* wait for a device to come back; default 10000 */
+    size_t chunk_size;          /* bytes per data transfer; default 1 MiB */
+};
+
+/* Create an engine on `loop`. 0 and *out set, or a negative code. */
+int eng_engine_new(uv_loop_t *loop, const struct eng_options *opts, eng_event_cb cb,
+                   void *user_data, struct eng_engine **out);
+
+/*
+ * Take a copy of `recipe`, open every image (mmap, generate demo images)
+ * and compute their SHA-256 on the libuv thread pool; pinned hashes are
+ * checked. `cb` runs once on the loop thread with 0, or with an error and
+ * a message naming the image. Sessions start only after success.
+ */
+typedef void (*eng_load_cb)(int status, const char *message, void *user_data);
+int eng_engine_load(struct eng_engine *eng, const struct cfg_recipe *recipe, eng_load_cb cb,
+                    void *user_data);
+
+/* A device arrived: the engine takes ownership of `t` and closes it when
+ * the device has left (or at eng_engine_close()). */
+void eng_engine_device_arrived(struct eng_engine *eng, struct eng_transport *t);
+
+/* The device behind `t` is gone. Fails its session unless the session
+ * expects a re-enumeration. `t` is closed by the engine afterwards. */
+void eng_engine_device_left(struct eng_engine *eng, struct eng_transport *t);
+
+/* Stop or resume starting sessions on newly arrived devices. */
+void eng_engine_pause(struct eng_engine *eng, bool paused);
+
+/* Number of sessions running now. */
+unsigned eng_engine_active_sessions(const struct eng_engine *eng);
+
+/* The recipe's images once loaded (NULL before). */
+const struct eng_image_info *eng_engine_images(const struct eng_engine *eng, unsigned *n);
+
+/* Abort every running session (ENG_EV_SESSION_END with ABORTED), close all
+ * transports, timers and images; `cb` runs when nothing is left open. */
+void eng_engine_close(struct eng_engine *eng, void (*cb)(struct eng_engine *eng, void *user_data),
+                      void *user_data);
+
+/* Free an engine whose close callback has run (or that never loaded). */
+void eng_engine_free(struct eng_engine *eng);
+
+const char *eng_result_name(enum eng_result r);
+
+/* Milliseconds since the Unix epoch (wall clock, for records). */
+int64_t eng_now_ms(void);
+
+#endif

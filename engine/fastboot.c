@@ -1,0 +1,409 @@
+/*
+ * Fastboot host state machine. One transfer is in flight at a time: the
+ * command (bulk OUT), then replies (bulk IN, one message each), and for a
+ * download the data phase in chunks of `chunk_size` bytes.
+ */
+#include "engine/fastboot.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/st_error.h"
+
+enum fb_state {
+    FB_IDLE,
+    FB_SEND_CMD,
+    FB_WAIT_REPLY,
+    FB_SEND_DATA,
+};
+
+struct eng_fb {
+    uv_loop_t *loop;
+    struct eng_transport *t;
+    struct eng_fb_hooks hooks;
+    size_t chunk_size;
+    uv_timer_t timer;
+    struct eng_xfer xfer;
+    enum fb_state state;
+    bool in_flight;      /* xfer submitted, callback not yet run */
+    /* the running operation */
+    eng_fb_done_cb cb;
+    void *user_data;
+    unsigned timeout_ms;
+    char cmd[ENG_FB_COMMAND_MAX + 1];
+    char reply[ENG_FB_REPLY_MAX + 1];
+    const uint8_t *data;
+    uint64_t data_len, data_sent;
+    bool download, data_done;
+    /* ending: the in-flight transfer was cancelled; finish on its callback */
+    bool ending;
+    int end_status;
+    char msg[320];
+    /* closing */
+    bool closing, timer_closing;
+    void (*close_cb)(void *user_data);
+    void *close_user_data;
+};
+
+static void xfer_done(struct eng_xfer *x);
+
+static void timer_closed(uv_handle_t *h)
+{
+    struct eng_fb *fb = h->data;
+    void (*cb)(void *) = fb->close_cb;
+    void *ud = fb->close_user_data;
+    free(fb);
+    if (cb)
+        cb(ud);
+}
+
+static void close_timer(struct eng_fb *fb)
+{
+    if (fb->timer_closing)
+        return;
+    fb->timer_closing = true;
+    uv_close((uv_handle_t *)&fb->timer, timer_closed);
+}
+
+static void finish(struct eng_fb *fb, int status, const char *text)
+{
+    assert(!fb->in_flight);
+    uv_timer_stop(&fb->timer);
+    eng_fb_done_cb cb = fb->cb;
+    void *ud = fb->user_data;
+    fb->state = FB_IDLE;
+    fb->ending = false;
+    fb->cb = NULL;
+    fb->data = NULL;
+    if (cb)
+        cb(fb, status, text, ud);
+    if (fb->closing && fb->state == FB_IDLE)
+        close_timer(fb);
+}
+
+static void finishf(struct eng_fb *fb, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void finishf(struct eng_fb *fb, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(fb->msg, sizeof(fb->msg), fmt, ap);
+    va_end(ap);
+    finish(fb, status, fb->msg);
+}
+
+/* Stop the running operation: cancel the transfer in flight and finish
+ * from its callback, or finish now when nothing is in flight. */
+static void end_with(struct eng_fb *fb, int status)
+{
+    if (fb->state == FB_IDLE)
+        return;
+    if (!fb->in_flight) {
+        finish(fb, status, fb->msg);
+        return;
+    }
+    if (fb->ending)
+        return;
+    fb->ending = true;
+    fb->end_status = status;
+    uv_timer_stop(&fb->timer);
+    if (eng_transport_cancel(fb->t, &fb->xfer) != 0) {
+        /* The transport lost track of it: its callback still comes. */
+    }
+}
+
+static int submit(struct eng_fb *fb, enum eng_xfer_type type, void *buf, size_t len)
+{
+    fb->xfer.type = type;
+    fb->xfer.buf = buf;
+    fb->xfer.len = len;
+    fb->xfer.cb = xfer_done;
+    fb->xfer.user_data = fb;
+    int rc = eng_transport_submit(fb->t, &fb->xfer);
+    if (rc == 0)
+        fb->in_flight = true;
+    return rc;
+}
+
+static void fail_submit(struct eng_fb *fb, int rc, const char *what)
+{
+    if (rc == ST_ENODEV && fb->download && fb->state == FB_SEND_DATA)
+        finishf(fb, rc, "device disconnected after %" PRIu64 " of %" PRIu64 " bytes",
+                fb->data_sent, fb->data_len);
+    else if (rc == ST_ENODEV)
+        finishf(fb, rc, "device disconnected");
+    else
+        finishf(fb, rc, "cannot %s: %s", what, st_strerror(rc));
+}
+
+static void send_chunk(struct eng_fb *fb)
+{
+    uint64_t left = fb->data_len - fb->data_sent;
+    size_t n = left < fb->chunk_size ? (size_t)left : fb->chunk_size;
+    fb->state = FB_SEND_DATA;
+    int rc = submit(fb, ENG_XFER_BULK_OUT, (void *)(fb->data + fb->data_sent), n);
+    if (rc)
+        fail_submit(fb, rc, "send data");
+}
+
+static void read_reply(struct eng_fb *fb)
+{
+    fb->state = FB_WAIT_REPLY;
+    int rc = submit(fb, ENG_XFER_BULK_IN, fb->reply, ENG_FB_REPLY_MAX);
+    if (rc)
+        fail_submit(fb, rc, "read reply");
+}
+
+/* Copy a reply for a message, showing bytes that are not printable. */
+static void printable(const char *in, size_t len, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len && o + 5 < cap; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+            out[o++] = (char)c;
+        else
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
+    }
+    out[o] = '\0';
+}
+
+static bool all_printable(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+            return false;
+        if (c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+static void on_reply(struct eng_fb *fb, size_t n)
+{
+    char shown[128];
+    fb->reply[n] = '\0';
+    if (n < 4 || !all_printable(fb->reply, n)) {
+        printable(fb->reply, n < 24 ? n : 24, shown, sizeof(shown));
+        finishf(fb, ST_EPROTO, "garbage reply \"%s\" (%zu bytes)", shown, n);
+        return;
+    }
+    const char *text = fb->reply + 4;
+    if (!memcmp(fb->reply, "INFO", 4) || !memcmp(fb->reply, "TEXT", 4)) {
+        if (fb->hooks.info)
+            fb->hooks.info(fb, text, fb->hooks.user_data);
+        /* A device that reports progress is alive: give it the full time again. */
+        uv_timer_again(&fb->timer);
+        read_reply(fb);
+        return;
+    }
+    if (!memcmp(fb->reply, "OKAY", 4)) {
+        if (fb->download && !fb->data_done) {
+            finishf(fb, ST_EPROTO, "device replied OKAY to %s instead of DATA", fb->cmd);
+            return;
+        }
+        snprintf(fb->msg, sizeof(fb->msg), "%s", text);
+        finish(fb, 0, fb->msg);
+        return;
+    }
+    if (!memcmp(fb->reply, "FAIL", 4)) {
+        finishf(fb, ST_EDEVFAIL, "device replied FAIL: %s", text);
+        return;
+    }
+    if (!memcmp(fb->reply, "DATA", 4)) {
+        char *end;
+        unsigned long long want = strtoull(text, &end, 16);
+        if (!fb->download || fb->data_done) {
+            finishf(fb, ST_EPROTO, "unexpected DATA reply to %s", fb->cmd);
+        } else if (n != 12 || *end != '\0') {
+            printable(fb->reply, n, shown, sizeof(shown));
+            finishf(fb, ST_EPROTO, "malformed DATA reply \"%s\"", shown);
+        } else if (want != fb->data_len) {
+            finishf(fb, ST_EPROTO, "device asked for %llu bytes, not %" PRIu64, want,
+                    fb->data_len);
+        } else {
+            send_chunk(fb);
+        }
+        return;
+    }
+    printable(fb->reply, n < 24 ? n : 24, shown, sizeof(shown));
+    finishf(fb, ST_EPROTO, "unknown reply \"%s\"", shown);
+}
+
+static void xfer_done(struct eng_xfer *x)
+{
+    struct eng_fb *fb = x->user_data;
+    fb->in_flight = false;
+    if (fb->ending) {
+        finish(fb, fb->end_status, fb->msg);
+        return;
+    }
+    if (fb->state == FB_SEND_DATA)
+        fb->data_sent += x->actual;
+    if (x->status) {
+        if (x->status == ST_EOVERFLOW)
+            finishf(fb, ST_EOVERFLOW, "reply longer than %d bytes", ENG_FB_REPLY_MAX);
+        else
+            fail_submit(fb, x->status, fb->state == FB_SEND_CMD ? "send command" : "transfer");
+        return;
+    }
+    switch (fb->state) {
+    case FB_SEND_CMD:
+        if (x->actual != x->len) {
+            finishf(fb, ST_EPROTO, "short write of command (%zu of %zu bytes)", x->actual,
+                    x->len);
+            return;
+        }
+        read_reply(fb);
+        break;
+    case FB_WAIT_REPLY:
+        on_reply(fb, x->actual);
+        break;
+    case FB_SEND_DATA:
+        if (fb->hooks.progress)
+            fb->hooks.progress(fb, fb->data_sent, fb->data_len, fb->hooks.user_data);
+        if (x->actual != x->len) {
+            finishf(fb, ST_EPROTO, "short transfer after %" PRIu64 " of %" PRIu64 " bytes",
+                    fb->data_sent, fb->data_len);
+            return;
+        }
+        if (fb->data_sent < fb->data_len) {
+            send_chunk(fb);
+        } else {
+            fb->data_done = true;
+            read_reply(fb);
+        }
+        break;
+    case FB_IDLE:
+        assert(0 && "transfer completed while idle");
+        break;
+    }
+}
+
+static void on_timeout(uv_timer_t *timer)
+{
+    struct eng_fb *fb = timer->data;
+    double s = fb->timeout_ms / 1000.0;
+    switch (fb->state) {
+    case FB_SEND_DATA:
+        snprintf(fb->msg, sizeof(fb->msg),
+                 "data phase timed out after %" PRIu64 " of %" PRIu64 " bytes (limit %g s)",
+                 fb->data_sent, fb->data_len, s);
+        break;
+    case FB_SEND_CMD:
+        snprintf(fb->msg, sizeof(fb->msg), "command not taken within %g s", s);
+        break;
+    default:
+        snprintf(fb->msg, sizeof(fb->msg), "no reply within %g s", s);
+        break;
+    }
+    end_with(fb, ST_ETIMEDOUT);
+}
+
+int eng_fb_new(uv_loop_t *loop, struct eng_transport *t, const struct eng_fb_hooks *hooks,
+               size_t chunk_size, struct eng_fb **out)
+{
+    struct eng_fb *fb = calloc(1, sizeof(*fb));
+    if (!fb)
+        return ST_ENOMEM;
+    fb->loop = loop;
+    fb->t = t;
+    if (hooks)
+        fb->hooks = *hooks;
+    fb->chunk_size = chunk_size ? chunk_size : 1u << 20;
+    uv_timer_init(loop, &fb->timer);
+    fb->timer.data = fb;
+    *out = fb;
+    return 0;
+}
+
+static int start(struct eng_fb *fb, const char *cmd, unsigned timeout_ms, eng_fb_done_cb cb,
+                 void *user_data)
+{
+    size_t len = strlen(cmd);
+    if (fb->closing)
+        return ST_ECLOSED;
+    if (fb->state != FB_IDLE)
+        return ST_EBUSY;
+    if (len == 0 || len > ENG_FB_COMMAND_MAX || !cb)
+        return ST_EINVAL;
+    memcpy(fb->cmd, cmd, len + 1);
+    fb->cb = cb;
+    fb->user_data = user_data;
+    fb->timeout_ms = timeout_ms ? timeout_ms : 5000;
+    fb->ending = false;
+    fb->msg[0] = '\0';
+    fb->state = FB_SEND_CMD;
+    int rc = submit(fb, ENG_XFER_BULK_OUT, fb->cmd, len);
+    if (rc) {
+        fb->state = FB_IDLE;
+        fb->cb = NULL;
+        return rc;
+    }
+    uv_timer_start(&fb->timer, on_timeout, fb->timeout_ms, fb->timeout_ms);
+    return 0;
+}
+
+int eng_fb_command(struct eng_fb *fb, const char *cmd, unsigned timeout_ms, eng_fb_done_cb cb,
+                   void *user_data)
+{
+    fb->download = false;
+    fb->data_done = false;
+    return start(fb, cmd, timeout_ms, cb, user_data);
+}
+
+int eng_fb_download(struct eng_fb *fb, const void *data, uint64_t len, unsigned timeout_ms,
+                    eng_fb_done_cb cb, void *user_data)
+{
+    char cmd[32];
+    if (fb->state != FB_IDLE)
+        return ST_EBUSY;
+    if (len == 0 || len > 0xffffffffu || !data)
+        return ST_EINVAL;
+    snprintf(cmd, sizeof(cmd), "download:%08" PRIx64, len);
+    fb->download = true;
+    fb->data_done = false;
+    fb->data = data;
+    fb->data_len = len;
+    fb->data_sent = 0;
+    return start(fb, cmd, timeout_ms, cb, user_data);
+}
+
+void eng_fb_abort(struct eng_fb *fb, int status, const char *reason)
+{
+    if (fb->state == FB_IDLE || fb->ending)
+        return;
+    if (status == ST_ENODEV && fb->download && fb->state == FB_SEND_DATA)
+        snprintf(fb->msg, sizeof(fb->msg), "device disconnected after %" PRIu64 " of %" PRIu64
+                 " bytes", fb->data_sent, fb->data_len);
+    else
+        snprintf(fb->msg, sizeof(fb->msg), "%s", reason ? reason : st_strerror(status));
+    end_with(fb, status);
+}
+
+bool eng_fb_busy(const struct eng_fb *fb)
+{
+    return fb->state != FB_IDLE;
+}
+
+void eng_fb_close(struct eng_fb *fb, void (*cb)(void *user_data), void *user_data)
+{
+    assert(!fb->closing);
+    fb->closing = true;
+    fb->close_cb = cb;
+    fb->close_user_data = user_data;
+    if (fb->state != FB_IDLE) {
+        snprintf(fb->msg, sizeof(fb->msg), "cancelled");
+        end_with(fb, ST_ECANCELED);
+        return; /* finish() closes the timer */
+    }
+    close_timer(fb);
+}

@@ -1,0 +1,201 @@
+#include "engine/image.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/st_error.h"
+
+struct eng_image {
+    struct cfg_image cfg;
+    unsigned refs;
+    bool loading;
+    uv_work_t work;
+    eng_image_cb cb;
+    void *user_data;
+    /* written by the worker, read on the loop after the callback */
+    int status;
+    char message[CFG_PATH_MAX + 160];
+    uint8_t *data;
+    uint64_t size;
+    char sha256[65];
+};
+
+void eng_image_demo_fill(uint8_t *buf, uint64_t len, uint32_t seed)
+{
+    /* xorshift64: cheap, deterministic, and not compressible into runs */
+    uint64_t x = 0x9e3779b97f4a7c15ull ^ seed;
+    uint64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        memcpy(buf + i, &x, 8);
+    }
+    for (; i < len; i++)
+        buf[i] = (uint8_t)(x >> (8 * (i % 8)));
+}
+
+static int map_demo(struct eng_image *img)
+{
+    int fd = memfd_create("station-demo-image", MFD_CLOEXEC);
+    if (fd < 0)
+        return st_error_from_errno(errno);
+    int rc = 0;
+    if (ftruncate(fd, (off_t)img->cfg.demo_size) != 0) {
+        rc = st_error_from_errno(errno);
+        goto out_close;
+    }
+    void *p = mmap(NULL, img->cfg.demo_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        rc = st_error_from_errno(errno);
+        goto out_close;
+    }
+    eng_image_demo_fill(p, img->cfg.demo_size, img->cfg.demo_seed);
+    mprotect(p, img->cfg.demo_size, PROT_READ);
+    img->data = p;
+    img->size = img->cfg.demo_size;
+out_close:
+    close(fd);
+    if (rc)
+        snprintf(img->message, sizeof(img->message), "demo image %s: %s", img->cfg.name,
+                 st_strerror(rc));
+    return rc;
+}
+
+static int map_file(struct eng_image *img)
+{
+    const char *path = img->cfg.path;
+    struct stat st;
+    int rc = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        rc = st_error_from_errno(errno);
+        snprintf(img->message, sizeof(img->message), "%s: cannot open image: %s", path,
+                 strerror(errno));
+        return rc;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        rc = ST_EINVAL;
+        snprintf(img->message, sizeof(img->message), "%s: not a regular file", path);
+        goto out_close;
+    }
+    if (st.st_size == 0) {
+        rc = ST_EINVAL;
+        snprintf(img->message, sizeof(img->message), "%s: image is empty", path);
+        goto out_close;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        rc = st_error_from_errno(errno);
+        snprintf(img->message, sizeof(img->message), "%s: cannot map image: %s", path,
+                 strerror(errno));
+        goto out_close;
+    }
+    img->data = p;
+    img->size = (uint64_t)st.st_size;
+out_close:
+    close(fd);
+    return rc;
+}
+
+static void hash_image(struct eng_image *img)
+{
+    crypto_hash_sha256_state st;
+    unsigned char out[crypto_hash_sha256_BYTES];
+    const uint64_t step = 1u << 20;
+    crypto_hash_sha256_init(&st);
+    for (uint64_t off = 0; off < img->size; off += step) {
+        uint64_t n = img->size - off < step ? img->size - off : step;
+        crypto_hash_sha256_update(&st, img->data + off, n);
+    }
+    crypto_hash_sha256_final(&st, out);
+    sodium_bin2hex(img->sha256, sizeof(img->sha256), out, sizeof(out));
+}
+
+static void work(uv_work_t *w)
+{
+    struct eng_image *img = w->data;
+    img->status = img->cfg.path[0] ? map_file(img) : map_demo(img);
+    if (img->status)
+        return;
+    hash_image(img);
+    if (img->cfg.sha256[0] && strcasecmp(img->cfg.sha256, img->sha256) != 0) {
+        img->status = ST_EINVAL;
+        snprintf(img->message, sizeof(img->message), "%s: sha256 mismatch (pinned %.16s..., file %.16s...)",
+                 img->cfg.path[0] ? img->cfg.path : img->cfg.name, img->cfg.sha256, img->sha256);
+    }
+}
+
+static void image_free(struct eng_image *img)
+{
+    if (img->data)
+        munmap(img->data, img->size);
+    free(img);
+}
+
+static void after_work(uv_work_t *w, int status)
+{
+    struct eng_image *img = w->data;
+    img->loading = false;
+    if (status == UV_ECANCELED) {
+        img->status = ST_ECANCELED;
+        snprintf(img->message, sizeof(img->message), "%s: loading cancelled", img->cfg.name);
+    }
+    img->refs++; /* keep it alive through the callback */
+    if (img->cb)
+        img->cb(img, img->status, img->status ? img->message : "", img->user_data);
+    eng_image_unref(img);
+}
+
+int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg, eng_image_cb cb, void *user_data,
+                   struct eng_image **out)
+{
+    if (!cfg->path[0] && cfg->demo_size == 0)
+        return ST_EINVAL;
+    struct eng_image *img = calloc(1, sizeof(*img));
+    if (!img)
+        return ST_ENOMEM;
+    img->cfg = *cfg;
+    img->refs = 1;
+    img->cb = cb;
+    img->user_data = user_data;
+    img->work.data = img;
+    int rc = uv_queue_work(loop, &img->work, work, after_work);
+    if (rc) {
+        free(img);
+        return st_error_from_errno(rc);
+    }
+    img->loading = true;
+    *out = img;
+    return 0;
+}
+
+void eng_image_ref(struct eng_image *img) { img->refs++; }
+
+void eng_image_unref(struct eng_image *img)
+{
+    if (!img || --img->refs > 0)
+        return;
+    if (img->loading) {
+        img->cb = NULL; /* nobody listens any more; after_work frees it */
+        return;
+    }
+    image_free(img);
+}
+
+const uint8_t *eng_image_data(const struct eng_image *img) { return img->data; }
+uint64_t eng_image_size(const struct eng_image *img) { return img->size; }
+const char *eng_image_sha256(const struct eng_image *img) { return img->sha256; }
+const char *eng_image_name(const struct eng_image *img) { return img->cfg.name; }
+const char *eng_image_path(const struct eng_image *img)
+{
+    return img->cfg.path[0] ? img->cfg.path : "(demo)";
+}

@@ -1,0 +1,44 @@
+/*
+ * eng_image: an image file opened once, mapped read-only and shared by
+ * every session that flashes it.
+ *
+ * eng_image_open() does the slow part (open, mmap or generate a demo
+ * image, SHA-256 of every byte) on the libuv thread pool and calls back on
+ * the loop thread. Images are reference-counted: each user takes a
+ * reference and drops it; the mapping goes with the last reference.
+ */
+#ifndef ENG_IMAGE_H
+#define ENG_IMAGE_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config/recipe.h"
+
+struct eng_image;
+
+/* status 0, or a negative code with `message` naming the file. The image
+ * pointer stays valid until the caller drops its reference. */
+typedef void (*eng_image_cb)(struct eng_image *img, int status, const char *message,
+                             void *user_data);
+
+/* Start loading. On 0, *out holds one reference owned by the caller and
+ * `cb` will run exactly once; dropping that reference before the callback
+ * is allowed (the callback still runs, and the image is freed after it). */
+int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg, eng_image_cb cb, void *user_data,
+                   struct eng_image **out);
+
+void eng_image_ref(struct eng_image *img);
+void eng_image_unref(struct eng_image *img);
+
+const uint8_t *eng_image_data(const struct eng_image *img);
+uint64_t eng_image_size(const struct eng_image *img);
+const char *eng_image_sha256(const struct eng_image *img); /* lowercase hex */
+const char *eng_image_name(const struct eng_image *img);
+const char *eng_image_path(const struct eng_image *img);   /* "(demo)" for generated */
+
+/* Fill `buf` with the demo content for (seed) at offset 0..len: the same
+ * bytes eng_image_open() generates, for tests to compare. */
+void eng_image_demo_fill(uint8_t *buf, uint64_t len, uint32_t seed);
+
+#endif

@@ -1,0 +1,479 @@
+/*
+ * The recipe runner: one session per device occupancy of a slot, running
+ * the recipe's steps in order through the fastboot driver. A step ends in
+ * step_ok() or step_fail(); the session ends in session_end(), which emits
+ * ENG_EV_SESSION_END and then closes the driver before the session is
+ * freed, so nothing of it outlives a callback.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/st_error.h"
+#include "engine/engine_internal.h"
+
+#define INFO_MAX 4096
+#define PROGRESS_EVERY_MS 100
+
+enum session_phase {
+    PH_RUNNING,
+    PH_WAIT_DEVICE, /* the device left to re-enumerate; waiting on the same slot */
+    PH_ENDING,      /* result known, driver closing */
+};
+
+struct eng_session {
+    struct eng_engine *eng;
+    struct eng_slot *slot;
+    struct eng_fb *fb;
+    int64_t id;
+    int64_t started_ms;
+    enum session_phase phase;
+    unsigned step;
+    int64_t step_started_ms;
+    char step_name[CFG_ARG_MAX + 16];
+    unsigned sub;              /* position inside a multi-command step */
+    char serial[64];
+    char product[64];
+    uint64_t max_download;
+    uint64_t bytes, step_bytes;
+    int64_t last_progress_ms;
+    char info[INFO_MAX];
+    size_t info_len;
+    uv_timer_t wait_timer;     /* re-enumeration */
+    bool wait_timer_open;
+    enum eng_result result;
+    char failed_step[CFG_ARG_MAX + 16];
+    char reason[CFG_ARG_MAX + 16 + 400 + 8];
+};
+
+static void run_step(struct eng_session *s);
+
+static void fill_event(struct eng_session *s, struct eng_event *ev, enum eng_event_type type)
+{
+    const struct cfg_recipe *r = &s->eng->recipe;
+    memset(ev, 0, sizeof(*ev));
+    ev->type = type;
+    ev->session_id = s->id;
+    ev->slot = s->slot->name;
+    ev->port = s->slot->port;
+    ev->usb_serial = s->slot->t ? s->slot->t->usb_serial : "";
+    ev->serial = s->serial[0] ? s->serial : ev->usb_serial;
+    ev->product = s->product;
+    ev->step = s->step_name;
+    ev->step_index = s->step;
+    ev->step_count = r->n_steps;
+    ev->step_started_ms = s->step_started_ms;
+    ev->session_started_ms = s->started_ms;
+    ev->session_bytes = s->bytes;
+    ev->recipe = r->name;
+    ev->recipe_version = r->version;
+    ev->n_images = r->n_images;
+    ev->images = s->eng->infos;
+}
+
+static const struct cfg_step *cur(const struct eng_session *s)
+{
+    return &s->eng->recipe.steps[s->step];
+}
+
+static unsigned reply_timeout(const struct eng_session *s)
+{
+    unsigned t = cur(s)->timeout_ms;
+    return t ? t : s->eng->opts.reply_timeout_ms;
+}
+
+/* A data step's limit: the base plus its bytes at the minimum rate. */
+static unsigned data_timeout(const struct eng_session *s, uint64_t bytes)
+{
+    uint64_t ms = reply_timeout(s) + bytes * 1000 / s->eng->opts.min_rate_bps;
+    return ms > 0x7fffffff ? 0x7fffffff : (unsigned)ms;
+}
+
+static void wait_timer_closed(uv_handle_t *h)
+{
+    struct eng_session *s = h->data;
+    struct eng_engine *eng = s->eng;
+    struct eng_slot *slot = s->slot;
+    enum eng_result result = s->result;
+    free(s);
+    eng__session_freed(eng, slot, result);
+}
+
+static void fb_closed(void *user_data)
+{
+    struct eng_session *s = user_data;
+    s->fb = NULL;
+    uv_close((uv_handle_t *)&s->wait_timer, wait_timer_closed);
+}
+
+static void session_end(struct eng_session *s, enum eng_result result)
+{
+    struct eng_event ev;
+    if (s->phase == PH_ENDING)
+        return;
+    s->phase = PH_ENDING;
+    s->result = result;
+    uv_timer_stop(&s->wait_timer);
+    fill_event(s, &ev, ENG_EV_SESSION_END);
+    ev.result = result;
+    ev.failed_step = result == ENG_RESULT_PASS ? NULL : s->failed_step;
+    ev.text = result == ENG_RESULT_PASS ? "" : s->reason;
+    ev.bytes_done = s->bytes;
+    eng__emit(s->eng, &ev);
+    if (s->fb)
+        eng_fb_close(s->fb, fb_closed, s);
+    else
+        fb_closed(s);
+}
+
+static void end_step(struct eng_session *s, enum eng_result result, const char *text)
+{
+    struct eng_event ev;
+    fill_event(s, &ev, ENG_EV_STEP_END);
+    ev.result = result;
+    ev.text = text;
+    ev.bytes_done = s->step_bytes;
+    ev.bytes_total = s->step_bytes;
+    s->info[s->info_len] = '\0';
+    /* INFO lines travel with the step's end so they land in its record. */
+    ev.info = s->info_len ? s->info : NULL;
+    eng__emit(s->eng, &ev);
+}
+
+static void step_ok(struct eng_session *s, const char *text)
+{
+    end_step(s, ENG_RESULT_PASS, text);
+    s->step++;
+    run_step(s);
+}
+
+static void step_fail(struct eng_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void step_fail(struct eng_session *s, const char *fmt, ...)
+{
+    char detail[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    enum eng_result result = s->eng->closing ? ENG_RESULT_ABORTED : ENG_RESULT_FAIL;
+    snprintf(s->failed_step, sizeof(s->failed_step), "%s", s->step_name);
+    if (result == ENG_RESULT_ABORTED)
+        snprintf(s->reason, sizeof(s->reason), "station stopped during %s", s->step_name);
+    else
+        snprintf(s->reason, sizeof(s->reason), "%s: %s", s->step_name, detail);
+    end_step(s, result, detail);
+    session_end(s, result);
+}
+
+/* ---- driver callbacks ---- */
+
+static void on_info(struct eng_fb *fb, const char *line, void *user_data)
+{
+    struct eng_session *s = user_data;
+    struct eng_event ev;
+    size_t n = strlen(line);
+    if (s->info_len + n + 2 < INFO_MAX) {
+        memcpy(s->info + s->info_len, line, n);
+        s->info_len += n;
+        s->info[s->info_len++] = '\n';
+    }
+    fill_event(s, &ev, ENG_EV_INFO);
+    ev.text = line;
+    eng__emit(s->eng, &ev);
+}
+
+static void on_progress(struct eng_fb *fb, uint64_t done, uint64_t total, void *user_data)
+{
+    struct eng_session *s = user_data;
+    struct eng_event ev;
+    int64_t now = (int64_t)uv_now(s->eng->loop);
+    if (done < total && now - s->last_progress_ms < PROGRESS_EVERY_MS)
+        return;
+    s->last_progress_ms = now;
+    fill_event(s, &ev, ENG_EV_PROGRESS);
+    ev.bytes_done = done;
+    ev.bytes_total = total;
+    eng__emit(s->eng, &ev);
+}
+
+static void on_simple_done(struct eng_fb *fb, int status, const char *text, void *user_data)
+{
+    struct eng_session *s = user_data;
+    if (status)
+        step_fail(s, "%s", text);
+    else
+        step_ok(s, text);
+}
+
+static bool value_allowed(const struct cfg_step *st, const char *value)
+{
+    for (unsigned i = 0; i < st->n_alternatives; i++)
+        if (!strcmp(st->alternatives[i], value))
+            return true;
+    return false;
+}
+
+static void on_getvar_done(struct eng_fb *fb, int status, const char *text, void *user_data)
+{
+    struct eng_session *s = user_data;
+    const struct cfg_step *st = cur(s);
+    if (status) {
+        step_fail(s, "%s", text);
+        return;
+    }
+    if (!strcmp(st->arg, "serialno"))
+        snprintf(s->serial, sizeof(s->serial), "%s", text);
+    else if (!strcmp(st->arg, "product"))
+        snprintf(s->product, sizeof(s->product), "%s", text);
+    if (st->n_alternatives && !value_allowed(st, text)) {
+        char want[CFG_MAX_ALTERNATIVES * (CFG_NAME_MAX + 1)] = "";
+        for (unsigned i = 0; i < st->n_alternatives; i++) {
+            if (i)
+                strcat(want, "|");
+            strcat(want, st->alternatives[i]);
+        }
+        step_fail(s, "wrong %s: %s (recipe needs %s)", st->arg, text, want);
+        return;
+    }
+    step_ok(s, text);
+}
+
+static void flash_next(struct eng_session *s);
+
+static void on_flash_sub_done(struct eng_fb *fb, int status, const char *text, void *user_data)
+{
+    struct eng_session *s = user_data;
+    static const char *const what[] = {"getvar:max-download-size", "download", "flash"};
+    if (status) {
+        step_fail(s, "%s: %s", what[s->sub], text);
+        return;
+    }
+    if (s->sub == 0) {
+        char *end;
+        unsigned long long v = strtoull(text, &end, 0);
+        if (*end != '\0' || v == 0) {
+            step_fail(s, "getvar:max-download-size: bad value \"%.40s\"", text);
+            return;
+        }
+        s->max_download = v;
+    } else if (s->sub == 1) {
+        uint64_t n = eng_image_size(s->eng->images[cur(s)->image]);
+        s->bytes += n;
+        s->step_bytes = n;
+    } else {
+        step_ok(s, text);
+        return;
+    }
+    s->sub++;
+    flash_next(s);
+}
+
+static void flash_next(struct eng_session *s)
+{
+    const struct cfg_step *st = cur(s);
+    struct eng_image *img = s->eng->images[st->image];
+    uint64_t size = eng_image_size(img);
+    char cmd[ENG_FB_COMMAND_MAX + 1];
+    int rc = 0;
+    switch (s->sub) {
+    case 0:
+        if (s->max_download) {
+            s->sub = 1;
+            flash_next(s);
+            return;
+        }
+        rc = eng_fb_command(s->fb, "getvar:max-download-size", reply_timeout(s),
+                            on_flash_sub_done, s);
+        break;
+    case 1:
+        if (size > s->max_download) {
+            step_fail(s, "image %s is %" PRIu64 " bytes; the device takes at most %" PRIu64
+                         " per download (sparse splitting is not supported yet)",
+                      eng_image_name(img), size, s->max_download);
+            return;
+        }
+        rc = eng_fb_download(s->fb, eng_image_data(img), size, data_timeout(s, size),
+                             on_flash_sub_done, s);
+        break;
+    default:
+        snprintf(cmd, sizeof(cmd), "flash:%s", st->arg);
+        rc = eng_fb_command(s->fb, cmd, data_timeout(s, size), on_flash_sub_done, s);
+        break;
+    }
+    if (rc)
+        step_fail(s, "cannot start: %s", st_strerror(rc));
+}
+
+static void on_wait_timeout(uv_timer_t *t)
+{
+    struct eng_session *s = t->data;
+    step_fail(s, "device did not come back within %g s",
+              s->eng->opts.reenum_timeout_ms / 1000.0);
+}
+
+static void on_reboot_bootloader_done(struct eng_fb *fb, int status, const char *text,
+                                      void *user_data)
+{
+    struct eng_session *s = user_data;
+    if (status) {
+        step_fail(s, "%s", text);
+        return;
+    }
+    /* The device now leaves and comes back on the same port. */
+    s->phase = PH_WAIT_DEVICE;
+    uv_timer_start(&s->wait_timer, on_wait_timeout, s->eng->opts.reenum_timeout_ms, 0);
+    if (!s->slot->present)
+        eng__session_device_left(s);
+}
+
+static void begin_step(struct eng_session *s)
+{
+    struct eng_event ev;
+    cfg_step_name(cur(s), s->step_name, sizeof(s->step_name));
+    s->step_started_ms = eng_now_ms();
+    s->step_bytes = 0;
+    s->info_len = 0;
+    s->sub = 0;
+    fill_event(s, &ev, ENG_EV_STEP_BEGIN);
+    eng__emit(s->eng, &ev);
+}
+
+static void run_step(struct eng_session *s)
+{
+    const struct cfg_recipe *r = &s->eng->recipe;
+    char cmd[ENG_FB_COMMAND_MAX + 1];
+    int rc = 0;
+    if (s->eng->closing) {
+        step_fail(s, "station stopped");
+        return;
+    }
+    if (s->step >= r->n_steps) {
+        s->step_name[0] = '\0';
+        session_end(s, ENG_RESULT_PASS);
+        return;
+    }
+    begin_step(s);
+    const struct cfg_step *st = cur(s);
+    switch (st->kind) {
+    case CFG_STEP_GETVAR:
+        snprintf(cmd, sizeof(cmd), "getvar:%s", st->arg);
+        rc = eng_fb_command(s->fb, cmd, reply_timeout(s), on_getvar_done, s);
+        break;
+    case CFG_STEP_FLASH:
+        flash_next(s);
+        return;
+    case CFG_STEP_ERASE:
+        snprintf(cmd, sizeof(cmd), "erase:%s", st->arg);
+        rc = eng_fb_command(s->fb, cmd, reply_timeout(s), on_simple_done, s);
+        break;
+    case CFG_STEP_REBOOT:
+        rc = eng_fb_command(s->fb, "reboot", reply_timeout(s), on_simple_done, s);
+        break;
+    case CFG_STEP_REBOOT_BOOTLOADER:
+        rc = eng_fb_command(s->fb, "reboot-bootloader", reply_timeout(s),
+                            on_reboot_bootloader_done, s);
+        break;
+    case CFG_STEP_OEM:
+        snprintf(cmd, sizeof(cmd), "oem %s", st->arg);
+        rc = eng_fb_command(s->fb, cmd, reply_timeout(s), on_simple_done, s);
+        break;
+    case CFG_STEP_SET_ACTIVE:
+        snprintf(cmd, sizeof(cmd), "set_active:%s", st->arg);
+        rc = eng_fb_command(s->fb, cmd, reply_timeout(s), on_simple_done, s);
+        break;
+    }
+    if (rc == ST_ENODEV)
+        step_fail(s, "device disconnected");
+    else if (rc)
+        step_fail(s, "cannot start: %s", st_strerror(rc));
+}
+
+static int make_driver(struct eng_session *s)
+{
+    struct eng_fb_hooks hooks = {.info = on_info, .progress = on_progress, .user_data = s};
+    return eng_fb_new(s->eng->loop, s->slot->t, &hooks, s->eng->opts.chunk_size, &s->fb);
+}
+
+int eng__session_start(struct eng_engine *eng, struct eng_slot *slot)
+{
+    struct eng_event ev;
+    struct eng_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return ST_ENOMEM;
+    s->eng = eng;
+    s->slot = slot;
+    s->id = eng->next_session_id++;
+    s->started_ms = eng_now_ms();
+    int rc = make_driver(s);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    uv_timer_init(eng->loop, &s->wait_timer);
+    s->wait_timer.data = s;
+    slot->session = s;
+    eng->active++;
+    fill_event(s, &ev, ENG_EV_SESSION_BEGIN);
+    eng__emit(eng, &ev);
+    run_step(s);
+    return 0;
+}
+
+bool eng__session_waits_for_device(const struct eng_session *s)
+{
+    return s->phase == PH_WAIT_DEVICE;
+}
+
+static void old_driver_closed(void *user_data)
+{
+    struct eng_session *s = user_data;
+    s->fb = NULL;
+    eng__close_transport(s->eng, s->slot);
+    if (s->phase == PH_WAIT_DEVICE && s->slot->t && s->slot->present)
+        eng__session_device_back(s); /* it came back while we closed */
+}
+
+void eng__session_device_left(struct eng_session *s)
+{
+    if (s->phase == PH_ENDING)
+        return; /* the transport is closed once the session is freed */
+    if (s->phase == PH_WAIT_DEVICE) {
+        if (s->fb)
+            eng_fb_close(s->fb, old_driver_closed, s);
+        return;
+    }
+    if (s->fb && eng_fb_busy(s->fb))
+        eng_fb_abort(s->fb, ST_ENODEV, "device disconnected");
+    /* Otherwise the next command fails with ST_ENODEV by itself. */
+}
+
+void eng__session_device_back(struct eng_session *s)
+{
+    if (s->phase != PH_WAIT_DEVICE || s->fb)
+        return; /* still closing the old driver: old_driver_closed() calls again */
+    uv_timer_stop(&s->wait_timer);
+    s->phase = PH_RUNNING;
+    int rc = make_driver(s);
+    if (rc) {
+        step_fail(s, "cannot reopen the device: %s", st_strerror(rc));
+        return;
+    }
+    char text[64];
+    snprintf(text, sizeof(text), "back after %" PRId64 " ms", eng_now_ms() - s->step_started_ms);
+    step_ok(s, text);
+}
+
+void eng__session_abort(struct eng_session *s)
+{
+    if (s->phase == PH_ENDING)
+        return;
+    if (s->fb && eng_fb_busy(s->fb)) {
+        eng_fb_abort(s->fb, ST_ECANCELED, "station stopped");
+        return;
+    }
+    step_fail(s, "station stopped");
+}

@@ -1,0 +1,61 @@
+/*
+ * eng_rack: a simulated rack of virtual fastboot devices for the demo,
+ * training and tests (`station run --simulate N`).
+ *
+ * Position i (1-based) is port "virt-NN". At start every position gets a
+ * unit, `plug_interval_ms` apart. When the station shows a result, the
+ * simulated operator (eng_rack_result_shown) pulls the unit after
+ * `replug_ms` and plugs a fresh one, until `max_units` have been plugged.
+ * Faults given with eng_rack_add_fault() apply to the first unit plugged
+ * into that position.
+ *
+ * Lifecycle: eng_rack_new(), eng_rack_add_fault()..., eng_rack_start();
+ * at shutdown eng_rack_stop() (no more plugging), then close the engine
+ * (which closes the transports), then eng_rack_free().
+ */
+#ifndef ENG_VIRT_RACK_H
+#define ENG_VIRT_RACK_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "engine/engine.h"
+#include "engine/virt/vfb.h"
+
+struct eng_rack;
+
+struct eng_rack_options {
+    unsigned count;            /* positions */
+    double pace_mbps;          /* per device; 0 = unpaced */
+    uint64_t max_download;     /* 0: the model's default (256 MiB) */
+    unsigned plug_interval_ms; /* between the first plugs */
+    unsigned replug_ms;        /* operator delay after a result; 0 = never replug */
+    unsigned max_units;        /* stop plugging after this many; 0 = no limit */
+    unsigned reenum_ms;        /* time a rebooting device is away; default 300 */
+    unsigned info_lines;       /* INFO lines per flash */
+    uint32_t seed;             /* serial numbers */
+};
+
+int eng_rack_new(uv_loop_t *loop, struct eng_engine *eng, const struct eng_rack_options *opts,
+                 struct eng_rack **out);
+
+/* "N:KIND=ARG" or (position, "KIND=ARG"); see eng_vfb_parse_fault(). */
+int eng_rack_add_fault(struct eng_rack *rack, unsigned position, const char *spec);
+int eng_rack_add_fault_spec(struct eng_rack *rack, const char *spec);
+
+int eng_rack_start(struct eng_rack *rack);
+
+/* The station showed the result for `port`: the operator acts on it. */
+void eng_rack_result_shown(struct eng_rack *rack, const char *port);
+
+/* Units plugged so far. */
+unsigned eng_rack_units_plugged(const struct eng_rack *rack);
+
+/* The unit now (or last) at position (1-based), or NULL. */
+struct eng_vfb *eng_rack_device(struct eng_rack *rack, unsigned position);
+
+void eng_rack_stop(struct eng_rack *rack, void (*cb)(struct eng_rack *rack, void *user_data),
+                   void *user_data);
+void eng_rack_free(struct eng_rack *rack);
+
+#endif

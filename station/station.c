@@ -1,0 +1,414 @@
+/*
+ * Wiring: engine events go to the database (session begin, step rows,
+ * session end) and to the screen; a result is shown only from the
+ * database's commit callback (ARCHITECTURE rule 7).
+ */
+#include "station/station.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "common/st_error.h"
+#include "config/recipe.h"
+#include "db/db.h"
+#include "engine/engine.h"
+#include "engine/virt/rack.h"
+#include "ui/headless.h"
+#include "ui/model.h"
+
+struct station {
+    const struct st_run_options *opts;
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    struct db *db;
+    struct eng_engine *eng;
+    struct eng_rack *rack;
+    struct ui_model model;
+    struct ui_headless *out;
+    char station_id[64];
+    unsigned recorded;      /* committed session ends */
+    unsigned failed;        /* committed FAIL */
+    unsigned unrecorded;    /* results the database could not take */
+    bool stopping;
+    bool db_failed;
+    int exit_code;
+};
+
+/* What the commit callback needs once the engine's event is gone. */
+struct pending_end {
+    struct station *st;
+    char slot[64], port[64], serial[64];
+    char reason[512];
+    enum eng_result result;
+    int64_t duration_ms;
+    uint64_t bytes;
+};
+
+static void shutdown_station(struct station *st, int exit_code);
+
+static void errorf(struct station *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void errorf(struct station *st, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(st->opts->err, "station: ");
+    va_start(ap, fmt);
+    vfprintf(st->opts->err, fmt, ap);
+    va_end(ap);
+    fputc('\n', st->opts->err);
+}
+
+static void on_committed(int status, void *user_data)
+{
+    struct pending_end *pe = user_data;
+    struct station *st = pe->st;
+    if (status == 0) {
+        st->recorded++;
+        if (pe->result == ENG_RESULT_FAIL)
+            st->failed++;
+        ui_model_committed(&st->model, pe->slot, pe->result, pe->reason);
+        ui_headless_result(st->out, pe->slot, pe->serial, pe->result, pe->reason,
+                           pe->duration_ms, pe->bytes);
+        if (st->rack)
+            eng_rack_result_shown(st->rack, pe->port);
+    } else {
+        st->unrecorded++;
+        ui_headless_note(st->out, "%s %s NOT RECORDED (%s): result was %s", pe->slot,
+                         pe->serial[0] ? pe->serial : "-", st_strerror(status),
+                         eng_result_name(pe->result));
+        if (st->opts->exit_after && !st->stopping)
+            shutdown_station(st, ST_EXIT_INTERNAL);
+    }
+    free(pe);
+    if (st->opts->exit_after && st->recorded >= st->opts->exit_after && !st->stopping)
+        shutdown_station(st, st->failed ? ST_EXIT_FAILED : ST_EXIT_OK);
+}
+
+static void record_begin(struct station *st, const struct eng_event *ev)
+{
+    struct db_image_ref refs[CFG_MAX_IMAGES];
+    for (unsigned i = 0; i < ev->n_images && i < CFG_MAX_IMAGES; i++)
+        refs[i] = (struct db_image_ref){ev->images[i].name, ev->images[i].sha256,
+                                        ev->images[i].path, ev->images[i].size};
+    struct db_session_begin b = {
+        .id = ev->session_id,
+        .station = st->station_id,
+        .slot = ev->slot,
+        .port = ev->port,
+        .usb_serial = ev->usb_serial,
+        .recipe = ev->recipe,
+        .recipe_version = ev->recipe_version,
+        .started_ms = ev->t_ms,
+        .n_images = ev->n_images,
+        .images = refs,
+    };
+    db_session_begin(st->db, &b);
+}
+
+static void record_step(struct station *st, const struct eng_event *ev)
+{
+    struct db_step s = {
+        .session_id = ev->session_id,
+        .seq = ev->step_index,
+        .name = ev->step,
+        .started_ms = ev->step_started_ms,
+        .ended_ms = ev->t_ms,
+        .result = eng_result_name(ev->result),
+        .detail = ev->text,
+        .bytes = ev->bytes_done,
+        .info = ev->info,
+    };
+    db_step(st->db, &s);
+}
+
+static void record_end(struct station *st, const struct eng_event *ev)
+{
+    struct pending_end *pe = calloc(1, sizeof(*pe));
+    if (!pe) {
+        errorf(st, "out of memory recording session %" PRId64, ev->session_id);
+        return;
+    }
+    pe->st = st;
+    snprintf(pe->slot, sizeof(pe->slot), "%s", ev->slot);
+    snprintf(pe->port, sizeof(pe->port), "%s", ev->port);
+    snprintf(pe->serial, sizeof(pe->serial), "%s", ev->serial ? ev->serial : "");
+    snprintf(pe->reason, sizeof(pe->reason), "%s", ev->text ? ev->text : "");
+    pe->result = ev->result;
+    pe->duration_ms = ev->t_ms - ev->session_started_ms;
+    pe->bytes = ev->session_bytes;
+    struct db_session_end e = {
+        .id = ev->session_id,
+        .serial = ev->serial,
+        .product = ev->product,
+        .ended_ms = ev->t_ms,
+        .result = eng_result_name(ev->result),
+        .failed_step = ev->failed_step,
+        .reason = ev->result == ENG_RESULT_PASS ? NULL : ev->text,
+        .bytes = ev->session_bytes,
+    };
+    int rc = db_session_end(st->db, &e, on_committed, pe);
+    if (rc) {
+        st->unrecorded++;
+        ui_headless_note(st->out, "%s %s NOT RECORDED (%s): result was %s", pe->slot,
+                         pe->serial[0] ? pe->serial : "-", st_strerror(rc),
+                         eng_result_name(pe->result));
+        free(pe);
+        if (st->opts->exit_after && !st->stopping)
+            shutdown_station(st, ST_EXIT_INTERNAL);
+    }
+}
+
+static void on_event(const struct eng_event *ev, void *user_data)
+{
+    struct station *st = user_data;
+    ui_model_event(&st->model, ev);
+    ui_headless_event(st->out, ev);
+    switch (ev->type) {
+    case ENG_EV_SESSION_BEGIN:
+        record_begin(st, ev);
+        break;
+    case ENG_EV_STEP_END:
+        record_step(st, ev);
+        break;
+    case ENG_EV_SESSION_END:
+        record_end(st, ev);
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_db_error(const char *message, void *user_data)
+{
+    struct station *st = user_data;
+    st->db_failed = true;
+    st->model.db_error = true;
+    ui_headless_note(st->out, "%s", message);
+    ui_headless_note(st->out, "DB ERROR: intake stopped; no new device will be flashed");
+    eng_engine_pause(st->eng, true);
+    if (st->opts->exit_after && !st->stopping)
+        shutdown_station(st, ST_EXIT_INTERNAL);
+}
+
+/* ---- shutdown: rack, then engine, then database, then signals ---- */
+
+static void on_db_stopped(struct db *db, void *user_data)
+{
+    struct station *st = user_data;
+    uv_close((uv_handle_t *)&st->sigint, NULL);
+    uv_close((uv_handle_t *)&st->sigterm, NULL);
+}
+
+static void on_engine_closed(struct eng_engine *eng, void *user_data)
+{
+    struct station *st = user_data;
+    db_writer_stop(st->db, on_db_stopped, st);
+}
+
+static void on_rack_stopped(struct eng_rack *rack, void *user_data)
+{
+    struct station *st = user_data;
+    eng_engine_close(st->eng, on_engine_closed, st);
+}
+
+static void shutdown_station(struct station *st, int exit_code)
+{
+    if (st->stopping)
+        return;
+    st->stopping = true;
+    st->exit_code = exit_code;
+    if (st->rack)
+        eng_rack_stop(st->rack, on_rack_stopped, st);
+    else
+        eng_engine_close(st->eng, on_engine_closed, st);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct station *st = h->data;
+    if (st->stopping)
+        return;
+    ui_headless_note(st->out, "signal %d: stopping; running sessions are recorded ABORTED", signum);
+    shutdown_station(st, st->failed ? ST_EXIT_FAILED : ST_EXIT_OK);
+}
+
+static void on_loaded(int status, const char *message, void *user_data)
+{
+    struct station *st = user_data;
+    if (status) {
+        errorf(st, "%s", message);
+        shutdown_station(st, ST_EXIT_USAGE);
+        return;
+    }
+    unsigned n;
+    const struct eng_image_info *im = eng_engine_images(st->eng, &n);
+    for (unsigned i = 0; i < n; i++)
+        ui_headless_note(st->out, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name,
+                         im[i].path, im[i].size, im[i].sha256);
+    if (st->rack)
+        eng_rack_start(st->rack);
+}
+
+static int apply_image_overrides(struct station *st, struct cfg_recipe *r)
+{
+    for (unsigned i = 0; i < st->opts->n_images; i++) {
+        const char *spec = st->opts->images[i];
+        const char *eq = strchr(spec, '=');
+        bool found = false;
+        if (!eq || eq == spec || !eq[1]) {
+            errorf(st, "--image %s: expected NAME=PATH", spec);
+            return -1;
+        }
+        for (unsigned j = 0; j < r->n_images; j++) {
+            struct cfg_image *img = &r->images[j];
+            if (strlen(img->name) == (size_t)(eq - spec) && !strncmp(img->name, spec, (size_t)(eq - spec))) {
+                if (strlen(eq + 1) >= sizeof(img->path)) {
+                    errorf(st, "--image %s: path too long", spec);
+                    return -1;
+                }
+                snprintf(img->path, sizeof(img->path), "%s", eq + 1);
+                found = true;
+            }
+        }
+        if (!found) {
+            errorf(st, "--image %s: the recipe has no image named \"%.*s\"", spec,
+                   (int)(eq - spec), spec);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int st_run(const struct st_run_options *o)
+{
+    struct station st_storage, *st = &st_storage;
+    struct st_run_options opts = *o;
+    struct cfg_recipe recipe;
+    char errbuf[600];
+    int rc;
+
+    memset(st, 0, sizeof(*st));
+    if (!opts.out)
+        opts.out = stdout;
+    if (!opts.err)
+        opts.err = stderr;
+    if (!opts.db_path)
+        opts.db_path = "station.db";
+    st->opts = &opts;
+    if (opts.station_id)
+        snprintf(st->station_id, sizeof(st->station_id), "%s", opts.station_id);
+    else if (gethostname(st->station_id, sizeof(st->station_id) - 1) != 0)
+        snprintf(st->station_id, sizeof(st->station_id), "station");
+
+    cfg_recipe_default(&recipe, opts.system_bytes);
+    if (apply_image_overrides(st, &recipe) != 0)
+        return ST_EXIT_USAGE;
+
+    rc = db_open(opts.db_path, &st->db, errbuf, sizeof(errbuf));
+    if (rc) {
+        errorf(st, "%s", errbuf);
+        return ST_EXIT_USAGE;
+    }
+    ui_model_init(&st->model);
+    if (ui_headless_new(opts.out, &st->model, &st->out) != 0) {
+        db_close(st->db);
+        return ST_EXIT_INTERNAL;
+    }
+    if (db_recovered_count(st->db))
+        ui_headless_note(st->out, "recovered %u interrupted session(s) as ABORTED",
+                         db_recovered_count(st->db));
+
+    int exit_code = ST_EXIT_INTERNAL;
+    uv_loop_init(&st->loop);
+    struct eng_options eo = {
+        .first_session_id = db_next_session_id(st->db),
+        .reply_timeout_ms = opts.reply_timeout_ms,
+    };
+    rc = eng_engine_new(&st->loop, &eo, on_event, st, &st->eng);
+    if (rc) {
+        errorf(st, "cannot start the engine: %s", st_strerror(rc));
+        goto out_loop;
+    }
+    if (opts.simulate) {
+        struct eng_rack_options ro = {
+            .count = opts.simulate,
+            .pace_mbps = opts.pace_mbps < 0 ? 8.0 : opts.pace_mbps,
+            .max_download = opts.max_download,
+            .plug_interval_ms = 20,
+            .replug_ms = opts.replug_ms ? opts.replug_ms : 1500,
+            .max_units = opts.exit_after,
+            .info_lines = opts.info_lines,
+        };
+        rc = eng_rack_new(&st->loop, st->eng, &ro, &st->rack);
+        if (rc) {
+            errorf(st, "--simulate %u: %s", opts.simulate, st_strerror(rc));
+            exit_code = ST_EXIT_USAGE;
+            goto out_engine;
+        }
+        for (unsigned i = 0; i < opts.n_faults; i++) {
+            rc = eng_rack_add_fault_spec(st->rack, opts.faults[i]);
+            if (rc) {
+                errorf(st, "--fault %s: %s (expected N:fail=CMD, N:silent=CMD, N:garbage=CMD "
+                           "or N:disconnect=BYTES with N from 1 to %u)",
+                       opts.faults[i], rc == ST_ERANGE ? "no such device" : "bad fault",
+                       opts.simulate);
+                exit_code = ST_EXIT_USAGE;
+                goto out_engine;
+            }
+        }
+    } else if (opts.n_faults) {
+        errorf(st, "--fault needs --simulate");
+        exit_code = ST_EXIT_USAGE;
+        goto out_engine;
+    }
+
+    rc = db_writer_start(st->db, &st->loop, on_db_error, st);
+    if (rc) {
+        errorf(st, "cannot start the database writer: %s", st_strerror(rc));
+        goto out_engine;
+    }
+    uv_signal_init(&st->loop, &st->sigint);
+    uv_signal_init(&st->loop, &st->sigterm);
+    st->sigint.data = st->sigterm.data = st;
+    uv_signal_start(&st->sigint, on_signal, SIGINT);
+    uv_signal_start(&st->sigterm, on_signal, SIGTERM);
+
+    rc = eng_engine_load(st->eng, &recipe, on_loaded, st);
+    if (rc) {
+        errorf(st, "cannot load the recipe's images: %s", st_strerror(rc));
+        shutdown_station(st, ST_EXIT_USAGE);
+    }
+    ui_headless_note(st->out, "station %s: recipe %s %s, %u simulated device(s), database %s",
+                     st->station_id, recipe.name, recipe.version, opts.simulate, opts.db_path);
+    uv_run(&st->loop, UV_RUN_DEFAULT);
+    exit_code = st->exit_code;
+    ui_headless_note(st->out, "stopped: %u passed, %u failed, %u aborted", st->model.passed,
+                     st->model.failed, st->model.aborted);
+
+out_engine:
+    if (!st->stopping) {
+        /* Never started: nothing is open in the engine but its slots. */
+        if (st->rack) {
+            eng_rack_stop(st->rack, NULL, NULL);
+            uv_run(&st->loop, UV_RUN_DEFAULT);
+        }
+    }
+    eng_rack_free(st->rack);
+    eng_engine_free(st->eng);
+out_loop:
+    if (uv_loop_close(&st->loop) != 0) {
+        errorf(st, "internal error: handles left open at exit");
+        exit_code = ST_EXIT_INTERNAL;
+    }
+    db_close(st->db);
+    ui_headless_free(st->out);
+    ui_model_free(&st->model);
+    fflush(opts.out);
+    return exit_code;
+}

@@ -1,0 +1,48 @@
+/*
+ * st: the composition root. st_run() owns the one uv_loop_t, the engine,
+ * the database and the output, routes engine events to the database and
+ * the screen, and returns the process exit code (ARCHITECTURE.md):
+ * 0 success, 1 a session failed, 2 usage/config/image/db-path error
+ * (no device touched), 3 internal error.
+ */
+#ifndef ST_STATION_H
+#define ST_STATION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define ST_MAX_FAULTS 64
+#define ST_MAX_IMAGE_OVERRIDES 8
+
+enum st_exit {
+    ST_EXIT_OK = 0,
+    ST_EXIT_FAILED = 1,
+    ST_EXIT_USAGE = 2,
+    ST_EXIT_INTERNAL = 3,
+};
+
+struct st_run_options {
+    const char *db_path;          /* default "station.db" */
+    const char *station_id;       /* default: host name */
+    unsigned simulate;            /* virtual devices; 0 = none */
+    bool headless;
+    unsigned exit_after;          /* stop after N recorded sessions; 0 = run until signalled */
+    double pace_mbps;             /* virtual device pace; negative = default */
+    uint64_t system_bytes;        /* demo system image size; 0 = default */
+    uint64_t max_download;        /* virtual devices' max-download-size; 0 = default */
+    unsigned replug_ms;           /* simulated operator; 0 = default */
+    unsigned reply_timeout_ms;    /* 0 = default (5 s) */
+    unsigned info_lines;          /* virtual devices: INFO lines per flash */
+    const char *faults[ST_MAX_FAULTS]; /* "N:KIND=ARG" */
+    unsigned n_faults;
+    const char *images[ST_MAX_IMAGE_OVERRIDES]; /* "NAME=PATH" */
+    unsigned n_images;
+    FILE *out;                    /* event lines; default stdout */
+    FILE *err;                    /* errors; default stderr */
+};
+
+/* Run the station; returns an st_exit code. */
+int st_run(const struct st_run_options *opts);
+
+#endif

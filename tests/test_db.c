@@ -1,0 +1,705 @@
+/*
+ * test_db: the SQLite record. Each test gets its own directory under /tmp
+ * and its own uv loop; teardown fails the test if a handle is left open.
+ * What the writer committed is read back through a second, independent
+ * sqlite3 connection, as QA tooling would.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "db/db.h"
+#include "st_error.h"
+
+#define TIME_LIMIT_MS 60000
+
+struct fx {
+    char dir[64];
+    char path[128];
+    uv_loop_t loop;
+    struct db *db;
+    bool writer_running;
+    bool stopped;
+    int n_errors;
+    char error[512];
+    int events; /* order of callbacks: bumped by each */
+};
+
+/* One commit callback's record. */
+struct commit {
+    struct fx *fx;
+    int calls;
+    int status;
+    int order;
+    int64_t check_id; /* if > 0, look the row up from inside the callback */
+    bool visible;
+};
+
+/* ---- fixture ------------------------------------------------------------ */
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+static int setup(void **state)
+{
+    struct fx *fx = calloc(1, sizeof *fx);
+
+    assert_non_null(fx);
+    strcpy(fx->dir, "/tmp/test_db.XXXXXX");
+    assert_non_null(mkdtemp(fx->dir));
+    snprintf(fx->path, sizeof fx->path, "%s/station.db", fx->dir);
+    assert_int_equal(uv_loop_init(&fx->loop), 0);
+    *state = fx;
+    return 0;
+}
+
+static void on_stopped(struct db *db, void *user_data)
+{
+    struct fx *fx = user_data;
+
+    (void)db;
+    fx->stopped = true;
+    fx->events++;
+}
+
+static void on_time_limit(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+/* Run the loop until *flag is set; fail after TIME_LIMIT_MS. */
+static void run_until(struct fx *fx, const bool *flag)
+{
+    uv_timer_t timer;
+    bool expired = false;
+
+    assert_int_equal(uv_timer_init(&fx->loop, &timer), 0);
+    timer.data = &expired;
+    assert_int_equal(uv_timer_start(&timer, on_time_limit, TIME_LIMIT_MS, 0), 0);
+    while (!*flag && !expired)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&timer, NULL);
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+    assert_false(expired);
+}
+
+static void stop_writer(struct fx *fx)
+{
+    fx->stopped = false;
+    db_writer_stop(fx->db, on_stopped, fx);
+    run_until(fx, &fx->stopped);
+    fx->writer_running = false;
+}
+
+static int teardown(void **state)
+{
+    struct fx *fx = *state;
+
+    if (fx->writer_running)
+        stop_writer(fx);
+    db_close(fx->db);
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+    assert_int_equal(uv_loop_close(&fx->loop), 0);
+    nftw(fx->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    free(fx);
+    return 0;
+}
+
+static void on_error(const char *message, void *user_data)
+{
+    struct fx *fx = user_data;
+
+    fx->n_errors++;
+    fx->events++;
+    snprintf(fx->error, sizeof fx->error, "%s", message);
+}
+
+static void open_and_start(struct fx *fx)
+{
+    char err[256];
+
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+    assert_int_equal(db_writer_start(fx->db, &fx->loop, on_error, fx), 0);
+    fx->writer_running = true;
+}
+
+/* ---- helpers reading the file directly ---------------------------------- */
+
+static sqlite3 *peek_open(const char *path)
+{
+    sqlite3 *c = NULL;
+
+    assert_int_equal(sqlite3_open_v2(path, &c, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(c, 5000);
+    return c;
+}
+
+static int64_t peek_int(sqlite3 *c, const char *sql)
+{
+    sqlite3_stmt *st;
+    int64_t v;
+
+    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* The first column of the first row as text ("(null)" for NULL), or ""
+ * when there is no row. */
+static void peek_text(sqlite3 *c, const char *sql, char *out, size_t len)
+{
+    sqlite3_stmt *st;
+    const unsigned char *t;
+
+    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
+    out[0] = '\0';
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        t = sqlite3_column_text(st, 0);
+        snprintf(out, len, "%s", t ? (const char *)t : "(null)");
+    }
+    sqlite3_finalize(st);
+}
+
+static void assert_text(sqlite3 *c, const char *sql, const char *want)
+{
+    char got[512];
+
+    peek_text(c, sql, got, sizeof got);
+    assert_string_equal(got, want);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static const struct db_image_ref images[] = {
+    {"boot", "aa11", "/img/boot.img", 4096},
+    {"system", "bb22", "/img/system.img", 1u << 20},
+};
+
+static int begin(struct fx *fx, int64_t id)
+{
+    struct db_session_begin b = {
+        .id = id,
+        .station = "st-1",
+        .slot = "A3",
+        .port = "1-4.2.3",
+        .usb_serial = NULL,
+        .recipe = "phone",
+        .recipe_version = "7",
+        .started_ms = 1700000000000 + id,
+        .n_images = 2,
+        .images = images,
+    };
+    return db_session_begin(fx->db, &b);
+}
+
+static int step(struct fx *fx, int64_t id, unsigned seq, const char *name)
+{
+    struct db_step s = {
+        .session_id = id,
+        .seq = seq,
+        .name = name,
+        .started_ms = 1700000000100,
+        .ended_ms = 1700000000200,
+        .result = "PASS",
+        .detail = NULL,
+        .bytes = 1u << 20,
+        .info = "line one\nline two",
+    };
+    return db_step(fx->db, &s);
+}
+
+static void on_commit(int status, void *user_data)
+{
+    struct commit *c = user_data;
+    char sql[128];
+    sqlite3 *peek;
+
+    c->calls++;
+    c->status = status;
+    c->order = ++c->fx->events;
+    if (c->check_id > 0) {
+        peek = peek_open(c->fx->path);
+        snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM sessions WHERE id = %lld AND result = 'PASS'",
+                 (long long)c->check_id);
+        c->visible = peek_int(peek, sql) == 1;
+        sqlite3_close(peek);
+    }
+}
+
+static int end(struct fx *fx, int64_t id, const char *result, struct commit *c)
+{
+    struct db_session_end e = {
+        .id = id,
+        .serial = "SN0001",
+        .product = "falcon",
+        .ended_ms = 1700000009000,
+        .result = result,
+        .failed_step = strcmp(result, "PASS") ? "flash:system" : NULL,
+        .reason = strcmp(result, "PASS") ? "device replied FAIL" : NULL,
+        .bytes = 12345,
+    };
+    return db_session_end(fx->db, &e, on_commit, c);
+}
+
+/* A flag for run_until that becomes true once c has been called. */
+static void wait_commit(struct fx *fx, struct commit *c)
+{
+    uv_timer_t timer;
+    bool expired = false;
+
+    assert_int_equal(uv_timer_init(&fx->loop, &timer), 0);
+    timer.data = &expired;
+    assert_int_equal(uv_timer_start(&timer, on_time_limit, TIME_LIMIT_MS, 0), 0);
+    while (c->calls == 0 && !expired)
+        uv_run(&fx->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&timer, NULL);
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+    assert_false(expired);
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static void test_open_creates_schema(void **state)
+{
+    struct fx *fx = *state;
+    char err[256];
+    sqlite3 *c;
+
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+    assert_int_equal(db_recovered_count(fx->db), 0);
+    assert_int_equal(db_next_session_id(fx->db), 1);
+    assert_int_equal(db_next_session_id(fx->db), 2);
+    db_close(fx->db);
+    fx->db = NULL;
+
+    c = peek_open(fx->path);
+    assert_int_equal(peek_int(c, "PRAGMA user_version"), DB_SCHEMA_VERSION);
+    assert_text(c, "PRAGMA journal_mode", "wal");
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND"
+                                 " name IN ('sessions','steps','images','session_images')"),
+                     4);
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND"
+                                 " sql IS NOT NULL AND tbl_name = 'sessions'"),
+                     3);
+    sqlite3_close(c);
+
+    /* Reopening an up-to-date file migrates nothing and still works. */
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+}
+
+static void test_round_trip(void **state)
+{
+    struct fx *fx = *state;
+    struct commit cm = {.fx = fx};
+    int64_t id;
+    sqlite3 *c;
+
+    open_and_start(fx);
+    id = db_next_session_id(fx->db);
+    assert_int_equal(begin(fx, id), 0);
+    assert_int_equal(step(fx, id, 0, "flash:boot"), 0);
+    assert_int_equal(step(fx, id, 1, "flash:system"), 0);
+    assert_int_equal(end(fx, id, "FAIL", &cm), 0);
+    wait_commit(fx, &cm);
+    assert_int_equal(cm.status, 0);
+
+    c = peek_open(fx->path);
+    assert_text(c,
+                "SELECT printf('%d|%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%s|%s|%s|%d|%s', id, station, slot,"
+                " port, quote(usb_serial), serial, product, recipe, recipe_version, started_ms,"
+                " ended_ms, result, failed_step, reason, bytes, last_step) FROM sessions",
+                "1|st-1|A3|1-4.2.3|NULL|SN0001|falcon|phone|7|1700000000001|1700000009000|FAIL|"
+                "flash:system|device replied FAIL|12345|flash:system");
+    assert_text(c,
+                "SELECT group_concat(printf('%d|%d|%s|%d|%d|%s|%s|%d|%s', session_id, seq, name,"
+                " started_ms, ended_ms, result, quote(detail), bytes, info), ';') FROM"
+                " (SELECT * FROM steps ORDER BY seq)",
+                "1|0|flash:boot|1700000000100|1700000000200|PASS|NULL|1048576|line one\nline two;"
+                "1|1|flash:system|1700000000100|1700000000200|PASS|NULL|1048576|line one\nline two");
+    assert_text(c,
+                "SELECT group_concat(session_id || '|' || name || '|' || sha256, ';') FROM"
+                " (SELECT * FROM session_images ORDER BY name)",
+                "1|boot|aa11;1|system|bb22");
+    assert_text(c,
+                "SELECT group_concat(sha256 || '|' || name || '|' || path || '|' || size, ';') FROM"
+                " (SELECT * FROM images ORDER BY name)",
+                "aa11|boot|/img/boot.img|4096;bb22|system|/img/system.img|1048576");
+    sqlite3_close(c);
+}
+
+static void test_commit_cb_after_visible(void **state)
+{
+    struct fx *fx = *state;
+    struct commit cm = {.fx = fx};
+    double mean_ms, max_ms;
+    uint64_t commits;
+    int64_t id;
+
+    open_and_start(fx);
+    id = db_next_session_id(fx->db);
+    cm.check_id = id;
+    assert_int_equal(begin(fx, id), 0);
+    assert_int_equal(end(fx, id, "PASS", &cm), 0);
+    wait_commit(fx, &cm);
+    assert_int_equal(cm.status, 0);
+    assert_true(cm.visible);
+    db_commit_stats(fx->db, &commits, &mean_ms, &max_ms);
+    print_message("one session: %llu transactions, commit mean %.3f ms, max %.3f ms\n",
+                  (unsigned long long)commits, mean_ms, max_ms);
+    assert_in_range(commits, 1, 2);
+    stop_writer(fx);
+    assert_int_equal(cm.calls, 1);
+    assert_true(cm.order < fx->events); /* the stop callback came after */
+}
+
+static void test_group_commit(void **state)
+{
+    enum { N = 1000 };
+    struct fx *fx = *state;
+    struct commit *cm = calloc(N, sizeof *cm);
+    double mean_ms, max_ms;
+    uint64_t commits;
+    int64_t id;
+    sqlite3 *c;
+
+    assert_non_null(cm);
+    open_and_start(fx);
+    for (int i = 0; i < N; i++) {
+        cm[i].fx = fx;
+        id = db_next_session_id(fx->db);
+        assert_int_equal(begin(fx, id), 0);
+        assert_int_equal(step(fx, id, 0, "flash:system"), 0);
+        assert_int_equal(end(fx, id, "PASS", &cm[i]), 0);
+    }
+    wait_commit(fx, &cm[N - 1]);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(cm[i].calls, 1);
+        assert_int_equal(cm[i].status, 0);
+        if (i > 0)
+            assert_true(cm[i].order > cm[i - 1].order);
+    }
+    db_commit_stats(fx->db, &commits, &mean_ms, &max_ms);
+    print_message("%d sessions in %llu transactions, commit mean %.3f ms, max %.3f ms\n", N,
+                  (unsigned long long)commits, mean_ms, max_ms);
+    assert_in_range(commits, 1, N / 10);
+    assert_true(max_ms >= mean_ms && mean_ms > 0.0);
+
+    c = peek_open(fx->path);
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'"), N);
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM steps"), N);
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM session_images"), 2 * N);
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM images"), 2);
+    sqlite3_close(c);
+    free(cm);
+}
+
+static void test_recovery(void **state)
+{
+    struct fx *fx = *state;
+    char err[256];
+    int64_t id, id2;
+    sqlite3 *c;
+
+    open_and_start(fx);
+    id = db_next_session_id(fx->db);
+    id2 = db_next_session_id(fx->db);
+    assert_int_equal(begin(fx, id), 0);
+    assert_int_equal(step(fx, id, 0, "flash:boot"), 0);
+    assert_int_equal(step(fx, id, 1, "flash:system"), 0);
+    assert_int_equal(begin(fx, id2), 0); /* never reached a step */
+    stop_writer(fx);
+    db_close(fx->db);
+    fx->db = NULL;
+
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+    assert_int_equal(db_recovered_count(fx->db), 2);
+    assert_int_equal(db_next_session_id(fx->db), id2 + 1);
+    db_close(fx->db);
+    fx->db = NULL;
+
+    c = peek_open(fx->path);
+    assert_text(c, "SELECT result || '|' || reason FROM sessions WHERE id = 1",
+                "ABORTED|station stopped during flash:system");
+    assert_text(c, "SELECT result || '|' || reason FROM sessions WHERE id = 2",
+                "ABORTED|station stopped during start");
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms > 1700000000000"), 2);
+    sqlite3_close(c);
+
+    /* Nothing left to recover the second time. */
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+    assert_int_equal(db_recovered_count(fx->db), 0);
+}
+
+static void test_recovery_counts_one(void **state)
+{
+    struct fx *fx = *state;
+    struct commit cm = {.fx = fx};
+    char err[256];
+    int64_t done, open_id;
+
+    open_and_start(fx);
+    done = db_next_session_id(fx->db);
+    open_id = db_next_session_id(fx->db);
+    assert_int_equal(begin(fx, done), 0);
+    assert_int_equal(end(fx, done, "PASS", &cm), 0);
+    assert_int_equal(begin(fx, open_id), 0);
+    assert_int_equal(step(fx, open_id, 0, "flash:system"), 0);
+    stop_writer(fx);
+    db_close(fx->db);
+    fx->db = NULL;
+
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+    assert_int_equal(db_recovered_count(fx->db), 1);
+}
+
+static void test_open_missing_dir(void **state)
+{
+    struct fx *fx = *state;
+    char path[192], err[512];
+    struct db *db = NULL;
+
+    snprintf(path, sizeof path, "%s/nope/t.db", fx->dir);
+    assert_int_equal(db_open(path, &db, err, sizeof err), ST_ENOENT);
+    assert_null(db);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "unable to open database file"));
+}
+
+static void test_open_not_a_database(void **state)
+{
+    struct fx *fx = *state;
+    struct db *db = NULL;
+    char err[512];
+    FILE *f;
+
+    f = fopen(fx->path, "w");
+    assert_non_null(f);
+    fputs("hello world\n", f);
+    fclose(f);
+    assert_int_equal(db_open(fx->path, &db, err, sizeof err), ST_EDB);
+    assert_null(db);
+    assert_non_null(strstr(err, fx->path));
+    assert_non_null(strstr(err, "not a database"));
+}
+
+static void test_open_read_only_file(void **state)
+{
+    struct fx *fx = *state;
+    struct db *db = NULL;
+    char err[512];
+
+    if (geteuid() == 0)
+        skip(); /* root writes through file permissions */
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+    db_close(fx->db);
+    fx->db = NULL;
+    assert_int_equal(chmod(fx->path, 0444), 0);
+    assert_int_equal(db_open(fx->path, &db, err, sizeof err), ST_EACCES);
+    assert_null(db);
+    assert_non_null(strstr(err, fx->path));
+}
+
+static void test_newer_schema_refused(void **state)
+{
+    struct fx *fx = *state;
+    struct db *db = NULL;
+    char err[512];
+    sqlite3 *c = NULL;
+
+    assert_int_equal(sqlite3_open(fx->path, &c), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(c, "CREATE TABLE t(x); PRAGMA user_version = 99", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(c);
+    assert_int_equal(db_open(fx->path, &db, err, sizeof err), ST_EDB);
+    assert_null(db);
+    assert_non_null(strstr(err, fx->path));
+    assert_non_null(strstr(err, "99"));
+
+    c = peek_open(fx->path); /* left as it was */
+    assert_int_equal(peek_int(c, "PRAGMA user_version"), 99);
+    assert_text(c, "PRAGMA journal_mode", "delete");
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'sessions'"), 0);
+    sqlite3_close(c);
+}
+
+static void test_writer_failure(void **state)
+{
+    struct fx *fx = *state;
+    struct commit ok = {.fx = fx}, bad = {.fx = fx}, never = {.fx = fx};
+    int64_t a, b, d;
+    sqlite3 *c;
+
+    open_and_start(fx);
+    a = db_next_session_id(fx->db);
+    assert_int_equal(begin(fx, a), 0);
+    assert_int_equal(end(fx, a, "PASS", &ok), 0);
+    wait_commit(fx, &ok);
+    assert_int_equal(ok.status, 0);
+
+    /* Another connection makes every session end fail, as a full disk
+     * would; the begin may go in an earlier batch, the end never does. */
+    c = peek_open(fx->path);
+    assert_int_equal(sqlite3_exec(c,
+                                  "CREATE TRIGGER no_end BEFORE UPDATE OF result ON sessions"
+                                  " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(c);
+
+    b = db_next_session_id(fx->db);
+    assert_int_equal(begin(fx, b), 0);
+    assert_int_equal(end(fx, b, "PASS", &bad), 0);
+    wait_commit(fx, &bad);
+    assert_int_equal(bad.status, ST_EDB);
+    assert_int_equal(fx->n_errors, 1);
+    assert_true(strncmp(fx->error, "DB ERROR", 8) == 0);
+    assert_string_equal(fx->error, "DB ERROR: UPDATE sessions (end): disk on fire");
+    assert_true(bad.order > 0 && bad.order == fx->events); /* error reported first */
+
+    d = db_next_session_id(fx->db);
+    assert_int_equal(begin(fx, d), ST_EDB);
+    assert_int_equal(step(fx, b, 0, "flash:boot"), ST_EDB);
+    assert_int_equal(end(fx, b, "FAIL", &never), ST_EDB);
+    stop_writer(fx);
+    assert_int_equal(never.calls, 0);
+    assert_int_equal(bad.calls, 1);
+    assert_int_equal(fx->n_errors, 1);
+
+    c = peek_open(fx->path); /* the failed batch was rolled back */
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE result IS NOT NULL"), 1);
+    sqlite3_close(c);
+}
+
+static void test_enqueue_outside_running(void **state)
+{
+    struct fx *fx = *state;
+    struct commit cm = {.fx = fx};
+    char err[256];
+    int64_t id;
+
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+    id = db_next_session_id(fx->db);
+    assert_int_equal(begin(fx, id), ST_EINVAL); /* not started yet */
+    assert_int_equal(db_writer_start(fx->db, &fx->loop, on_error, fx), 0);
+    fx->writer_running = true;
+    assert_int_equal(db_writer_start(fx->db, &fx->loop, on_error, fx), ST_EINVAL);
+    stop_writer(fx);
+    assert_int_equal(begin(fx, id), ST_ECLOSED);
+    assert_int_equal(step(fx, id, 0, "flash:boot"), ST_ECLOSED);
+    assert_int_equal(end(fx, id, "PASS", &cm), ST_ECLOSED);
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+    assert_int_equal(cm.calls, 0);
+    assert_int_equal(fx->n_errors, 0);
+}
+
+static void test_stop_drains_queue(void **state)
+{
+    enum { N = 50 };
+    struct fx *fx = *state;
+    struct commit cm[N];
+    int64_t id;
+    sqlite3 *c;
+
+    memset(cm, 0, sizeof cm);
+    open_and_start(fx);
+    for (int i = 0; i < N; i++) {
+        cm[i].fx = fx;
+        id = db_next_session_id(fx->db);
+        assert_int_equal(begin(fx, id), 0);
+        assert_int_equal(end(fx, id, "PASS", &cm[i]), 0);
+    }
+    stop_writer(fx); /* callbacks not yet run must run before the stop cb */
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(cm[i].calls, 1);
+        assert_int_equal(cm[i].status, 0);
+        assert_true(cm[i].order < fx->events);
+    }
+    c = peek_open(fx->path);
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'"), N);
+    sqlite3_close(c);
+}
+
+static void test_bad_requests_refused(void **state)
+{
+    struct fx *fx = *state;
+    struct commit cm = {.fx = fx};
+    struct db_image_ref bad_img = {"boot", NULL, "/img/boot.img", 1};
+    struct db_session_begin b = {.slot = "A1", .started_ms = 1};
+    int64_t id;
+
+    open_and_start(fx);
+    id = db_next_session_id(fx->db);
+    /* ids below the first free one belong to earlier runs */
+    assert_int_equal(begin(fx, id - 1), ST_EINVAL);
+    assert_int_equal(begin(fx, 0), ST_EINVAL);
+    b.id = id;
+    b.slot = NULL;
+    assert_int_equal(db_session_begin(fx->db, &b), ST_EINVAL);
+    b.slot = "A1";
+    b.n_images = 1;
+    b.images = &bad_img;
+    assert_int_equal(db_session_begin(fx->db, &b), ST_EINVAL);
+    b.n_images = 0;
+    assert_int_equal(db_session_begin(fx->db, &b), 0);
+    assert_int_equal(step(fx, id, 0, NULL), ST_EINVAL);
+    assert_int_equal(end(fx, id, "MAYBE", &cm), ST_EINVAL);
+    assert_int_equal(db_session_end(fx->db, NULL, on_commit, &cm), ST_EINVAL);
+    assert_int_equal(end(fx, id, "ABORTED", &cm), 0);
+    wait_commit(fx, &cm);
+    assert_int_equal(cm.status, 0);
+    assert_int_equal(fx->n_errors, 0);
+}
+
+static void test_stop_without_start(void **state)
+{
+    struct fx *fx = *state;
+    char err[256];
+
+    assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
+    db_writer_stop(fx->db, on_stopped, fx);
+    assert_true(fx->stopped);
+    assert_int_equal(begin(fx, db_next_session_id(fx->db)), ST_ECLOSED);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_open_creates_schema),
+        T(test_round_trip),
+        T(test_commit_cb_after_visible),
+        T(test_group_commit),
+        T(test_recovery),
+        T(test_recovery_counts_one),
+        T(test_open_missing_dir),
+        T(test_open_not_a_database),
+        T(test_open_read_only_file),
+        T(test_newer_schema_refused),
+        T(test_writer_failure),
+        T(test_enqueue_outside_running),
+        T(test_stop_drains_queue),
+        T(test_bad_requests_refused),
+        T(test_stop_without_start),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
