@@ -1,213 +1,57 @@
 /*
- * station: command line. Subcommands are listed in ARCHITECTURE.md; each
- * parses its own options and returns an exit code (0 ok, 1 a session
- * failed, 2 usage/config/image error, 3 internal error).
+ * station: the command line. Subcommands are listed in ARCHITECTURE.md;
+ * each lives in its own cmd_*.c and returns the exit code: 0 ok, 1 a
+ * session failed, 2 usage/config/recipe/image error, 3 internal error.
  */
-#include <errno.h>
-#include <getopt.h>
-#include <limits.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
+#include "station/commands.h"
 #include "station/station.h"
 
-#define STATION_VERSION "0.1.0"
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *what;
+} commands[] = {
+    {"run", st_cmd_run, "run the station: flash devices as they arrive"},
+    {"sim", st_cmd_sim, "serve virtual fastboot devices over TCP"},
+    {"report", st_cmd_report, "list recorded sessions"},
+    {"stats", st_cmd_stats, "yield and durations by slot, recipe, day, hour or error"},
+    {"history", st_cmd_history, "every session of one serial number"},
+    {"check", st_cmd_check, "validate config, recipes and images; touches no device"},
+    {"ports", st_cmd_ports, "list attached USB devices by port path"},
+    {"learn", st_cmd_learn, "bind slots by plugging a device into each port in turn"},
+};
 
-static const char usage_text[] =
-    "usage: station <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  run      run the station (headless lines; the dashboard is not built yet)\n"
-    "\n"
-    "station run [options]\n"
-    "  --simulate N        serve N virtual fastboot devices (the simulated rack)\n"
-    "  --headless          print one line per event (the default for now)\n"
-    "  --exit-after N      stop once N sessions are recorded; exit 0 only if all passed\n"
-    "  --db FILE           SQLite record (default station.db)\n"
-    "  --fault N:KIND=ARG  inject a fault into simulated device N: fail=CMD, silent=CMD,\n"
-    "                      garbage=CMD (CMD is a command prefix such as flash:system),\n"
-    "                      disconnect=BYTES (leave after that many data bytes)\n"
-    "  --pace MBPS         simulated devices' transfer rate (default 8; 0 = unpaced)\n"
-    "  --image NAME=PATH   flash this file as recipe image NAME (boot, system)\n"
-    "  --system-mib N      size of the generated demo system image (default 4)\n"
-    "  --max-download N    simulated devices' max-download-size in bytes\n"
-    "  --replug-ms MS      simulated operator: pull and replace a unit MS after its result\n"
-    "  --timeout-ms MS     reply time limit per command (default 5000)\n"
-    "  --info-lines N      simulated devices send N INFO lines per flash\n"
-    "  --station-id ID     recorded with every session (default: host name)\n"
-    "\n"
-    "exit codes: 0 success, 1 a session failed, 2 usage, config, recipe or image error,\n"
-    "3 internal error\n";
-
-static int usage_error(const char *fmt, const char *arg) __attribute__((format(printf, 1, 0)));
-
-static int usage_error(const char *fmt, const char *arg)
+static void usage(FILE *f)
 {
-    fprintf(stderr, "station: ");
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-    fprintf(stderr, fmt, arg);
-#pragma GCC diagnostic pop
-    fprintf(stderr, "\nTry 'station --help'.\n");
-    return ST_EXIT_USAGE;
-}
-
-static int parse_uint(const char *opt, const char *arg, unsigned long max, unsigned long *out)
-{
-    char *end;
-    errno = 0;
-    if (!arg[0] || arg[0] == '-')
-        goto bad;
-    unsigned long v = strtoul(arg, &end, 0);
-    if (errno || *end != '\0' || v > max)
-        goto bad;
-    *out = v;
-    return 0;
-bad:
-    fprintf(stderr, "station: %s: expected a whole number from 0 to %lu, got \"%s\"\n", opt, max,
-            arg);
-    return -1;
-}
-
-static int cmd_run(int argc, char **argv)
-{
-    enum {
-        O_SIMULATE = 1000, O_HEADLESS, O_EXIT_AFTER, O_DB, O_FAULT, O_PACE, O_IMAGE,
-        O_SYSTEM_MIB, O_MAX_DOWNLOAD, O_REPLUG, O_TIMEOUT, O_INFO, O_STATION_ID, O_HELP,
-    };
-    static const struct option longopts[] = {
-        {"simulate", required_argument, NULL, O_SIMULATE},
-        {"headless", no_argument, NULL, O_HEADLESS},
-        {"exit-after", required_argument, NULL, O_EXIT_AFTER},
-        {"db", required_argument, NULL, O_DB},
-        {"fault", required_argument, NULL, O_FAULT},
-        {"pace", required_argument, NULL, O_PACE},
-        {"image", required_argument, NULL, O_IMAGE},
-        {"system-mib", required_argument, NULL, O_SYSTEM_MIB},
-        {"max-download", required_argument, NULL, O_MAX_DOWNLOAD},
-        {"replug-ms", required_argument, NULL, O_REPLUG},
-        {"timeout-ms", required_argument, NULL, O_TIMEOUT},
-        {"info-lines", required_argument, NULL, O_INFO},
-        {"station-id", required_argument, NULL, O_STATION_ID},
-        {"help", no_argument, NULL, O_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    struct st_run_options o;
-    unsigned long v;
-    char *end;
-    int c;
-    memset(&o, 0, sizeof(o));
-    o.pace_mbps = -1;
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, ":c:", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'c':
-            return usage_error("-c %s: configuration files are not supported yet; "
-                               "run without -c for the simulated rack", optarg);
-        case O_SIMULATE:
-            if (parse_uint("--simulate", optarg, 999, &v))
-                return ST_EXIT_USAGE;
-            o.simulate = (unsigned)v;
-            break;
-        case O_HEADLESS:
-            o.headless = true;
-            break;
-        case O_EXIT_AFTER:
-            if (parse_uint("--exit-after", optarg, UINT_MAX, &v))
-                return ST_EXIT_USAGE;
-            o.exit_after = (unsigned)v;
-            break;
-        case O_DB:
-            o.db_path = optarg;
-            break;
-        case O_FAULT:
-            if (o.n_faults == ST_MAX_FAULTS)
-                return usage_error("--fault %s: too many faults", optarg);
-            o.faults[o.n_faults++] = optarg;
-            break;
-        case O_PACE:
-            errno = 0;
-            o.pace_mbps = strtod(optarg, &end);
-            if (errno || *end || o.pace_mbps < 0 || o.pace_mbps > 100000)
-                return usage_error("--pace: expected MB/s from 0 to 100000, got \"%s\"", optarg);
-            break;
-        case O_IMAGE:
-            if (o.n_images == ST_MAX_IMAGE_OVERRIDES)
-                return usage_error("--image %s: too many images", optarg);
-            o.images[o.n_images++] = optarg;
-            break;
-        case O_SYSTEM_MIB:
-            if (parse_uint("--system-mib", optarg, 4095, &v) || v == 0)
-                return v == 0 ? usage_error("--system-mib: must be at least 1, got \"%s\"", optarg)
-                              : ST_EXIT_USAGE;
-            o.system_bytes = (uint64_t)v << 20;
-            break;
-        case O_MAX_DOWNLOAD:
-            if (parse_uint("--max-download", optarg, 0xffffffffUL, &v) || v == 0)
-                return v == 0 ? usage_error("--max-download: must be positive, got \"%s\"", optarg)
-                              : ST_EXIT_USAGE;
-            o.max_download = v;
-            break;
-        case O_REPLUG:
-            if (parse_uint("--replug-ms", optarg, 3600000, &v))
-                return ST_EXIT_USAGE;
-            o.replug_ms = (unsigned)v;
-            break;
-        case O_TIMEOUT:
-            if (parse_uint("--timeout-ms", optarg, 3600000, &v) || v == 0)
-                return v == 0 ? usage_error("--timeout-ms: must be positive, got \"%s\"", optarg)
-                              : ST_EXIT_USAGE;
-            o.reply_timeout_ms = (unsigned)v;
-            break;
-        case O_INFO:
-            if (parse_uint("--info-lines", optarg, 50, &v))
-                return ST_EXIT_USAGE;
-            o.info_lines = (unsigned)v;
-            break;
-        case O_STATION_ID:
-            o.station_id = optarg;
-            break;
-        case O_HELP:
-            fputs(usage_text, stdout);
-            return ST_EXIT_OK;
-        case ':':
-            return usage_error("option %s needs a value", argv[optind - 1]);
-        default:
-            return usage_error("unknown option '%s' for 'station run'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        return usage_error("unexpected argument '%s' for 'station run'", argv[optind]);
-    if (!o.simulate)
-        return usage_error("%s", "nothing to do: real USB devices are not supported yet; "
-                                 "use --simulate N");
-    return st_run(&o);
+    fprintf(f, "usage: station <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].what);
+    fprintf(f, "\n'station <command> --help' describes a command's options.\n"
+               "exit codes: 0 success, 1 a session failed, 2 usage, config, recipe or image\n"
+               "error (no device touched), 3 internal error\n");
 }
 
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
-        fputs(usage_text, stderr);
+        usage(stderr);
         return ST_EXIT_USAGE;
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
-        fputs(usage_text, stdout);
+        usage(stdout);
         return ST_EXIT_OK;
     }
     if (!strcmp(cmd, "--version")) {
         printf("station %s\n", STATION_VERSION);
         return ST_EXIT_OK;
     }
-    if (!strcmp(cmd, "run"))
-        return cmd_run(argc - 1, argv + 1);
-    static const char *const later[] = {"sim", "report", "stats", "history", "check", "ports",
-                                        "learn"};
-    for (size_t i = 0; i < sizeof(later) / sizeof(later[0]); i++)
-        if (!strcmp(cmd, later[i]))
-            return usage_error("'%s' is not implemented yet", cmd);
-    return usage_error("unknown command '%s'", cmd);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    return st_usage_error("unknown command '%s'", cmd);
 }

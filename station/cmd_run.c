@@ -1,0 +1,150 @@
+/*
+ * `station run`: options into struct st_run_options, then st_run().
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "station/commands.h"
+#include "station/station.h"
+
+static const char run_usage[] =
+    "usage: station run [options]\n"
+    "  --simulate N        serve N virtual fastboot devices (the simulated rack)\n"
+    "  --headless          print one line per event (the default for now)\n"
+    "  --exit-after N      stop once N sessions are recorded; exit 0 only if all passed\n"
+    "  --db FILE           SQLite record (default station.db)\n"
+    "  --fault N:KIND=ARG  inject a fault into simulated device N: fail=CMD, silent=CMD,\n"
+    "                      garbage=CMD (CMD is a command prefix such as flash:system),\n"
+    "                      disconnect=BYTES (leave after that many data bytes)\n"
+    "  --pace MBPS         simulated devices' transfer rate (default 8; 0 = unpaced)\n"
+    "  --image NAME=PATH   flash this file as recipe image NAME (boot, system)\n"
+    "  --system-mib N      size of the generated demo system image (default 4)\n"
+    "  --max-download N    simulated devices' max-download-size in bytes\n"
+    "  --replug-ms MS      simulated operator: pull and replace a unit MS after its result\n"
+    "  --timeout-ms MS     reply time limit per command (default 5000)\n"
+    "  --info-lines N      simulated devices send N INFO lines per flash\n"
+    "  --station-id ID     recorded with every session (default: host name)\n"
+    "\n"
+    "exit codes: 0 success, 1 a session failed, 2 usage, config, recipe or image error,\n"
+    "3 internal error\n";
+
+int st_cmd_run(int argc, char **argv)
+{
+    enum {
+        O_SIMULATE = 1000, O_HEADLESS, O_EXIT_AFTER, O_DB, O_FAULT, O_PACE, O_IMAGE,
+        O_SYSTEM_MIB, O_MAX_DOWNLOAD, O_REPLUG, O_TIMEOUT, O_INFO, O_STATION_ID, O_HELP,
+    };
+    static const struct option longopts[] = {
+        {"simulate", required_argument, NULL, O_SIMULATE},
+        {"headless", no_argument, NULL, O_HEADLESS},
+        {"exit-after", required_argument, NULL, O_EXIT_AFTER},
+        {"db", required_argument, NULL, O_DB},
+        {"fault", required_argument, NULL, O_FAULT},
+        {"pace", required_argument, NULL, O_PACE},
+        {"image", required_argument, NULL, O_IMAGE},
+        {"system-mib", required_argument, NULL, O_SYSTEM_MIB},
+        {"max-download", required_argument, NULL, O_MAX_DOWNLOAD},
+        {"replug-ms", required_argument, NULL, O_REPLUG},
+        {"timeout-ms", required_argument, NULL, O_TIMEOUT},
+        {"info-lines", required_argument, NULL, O_INFO},
+        {"station-id", required_argument, NULL, O_STATION_ID},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    struct st_run_options o;
+    unsigned long v;
+    char *end;
+    int c;
+    memset(&o, 0, sizeof(o));
+    o.pace_mbps = -1;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":c:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            return st_usage_error("-c %s: configuration files are not supported yet; "
+                               "run without -c for the simulated rack", optarg);
+        case O_SIMULATE:
+            if (st_parse_uint("--simulate", optarg, 999, &v))
+                return ST_EXIT_USAGE;
+            o.simulate = (unsigned)v;
+            break;
+        case O_HEADLESS:
+            o.headless = true;
+            break;
+        case O_EXIT_AFTER:
+            if (st_parse_uint("--exit-after", optarg, UINT_MAX, &v))
+                return ST_EXIT_USAGE;
+            o.exit_after = (unsigned)v;
+            break;
+        case O_DB:
+            o.db_path = optarg;
+            break;
+        case O_FAULT:
+            if (o.n_faults == ST_MAX_FAULTS)
+                return st_usage_error("--fault %s: too many faults", optarg);
+            o.faults[o.n_faults++] = optarg;
+            break;
+        case O_PACE:
+            errno = 0;
+            o.pace_mbps = strtod(optarg, &end);
+            if (errno || *end || o.pace_mbps < 0 || o.pace_mbps > 100000)
+                return st_usage_error("--pace: expected MB/s from 0 to 100000, got \"%s\"", optarg);
+            break;
+        case O_IMAGE:
+            if (o.n_images == ST_MAX_IMAGE_OVERRIDES)
+                return st_usage_error("--image %s: too many images", optarg);
+            o.images[o.n_images++] = optarg;
+            break;
+        case O_SYSTEM_MIB:
+            if (st_parse_uint("--system-mib", optarg, 4095, &v) || v == 0)
+                return v == 0 ? st_usage_error("--system-mib: must be at least 1, got \"%s\"", optarg)
+                              : ST_EXIT_USAGE;
+            o.system_bytes = (uint64_t)v << 20;
+            break;
+        case O_MAX_DOWNLOAD:
+            if (st_parse_uint("--max-download", optarg, 0xffffffffUL, &v) || v == 0)
+                return v == 0 ? st_usage_error("--max-download: must be positive, got \"%s\"", optarg)
+                              : ST_EXIT_USAGE;
+            o.max_download = v;
+            break;
+        case O_REPLUG:
+            if (st_parse_uint("--replug-ms", optarg, 3600000, &v))
+                return ST_EXIT_USAGE;
+            o.replug_ms = (unsigned)v;
+            break;
+        case O_TIMEOUT:
+            if (st_parse_uint("--timeout-ms", optarg, 3600000, &v) || v == 0)
+                return v == 0 ? st_usage_error("--timeout-ms: must be positive, got \"%s\"", optarg)
+                              : ST_EXIT_USAGE;
+            o.reply_timeout_ms = (unsigned)v;
+            break;
+        case O_INFO:
+            if (st_parse_uint("--info-lines", optarg, 50, &v))
+                return ST_EXIT_USAGE;
+            o.info_lines = (unsigned)v;
+            break;
+        case O_STATION_ID:
+            o.station_id = optarg;
+            break;
+        case O_HELP:
+            fputs(run_usage, stdout);
+            return ST_EXIT_OK;
+        case ':':
+            return st_usage_error("option %s needs a value", argv[optind - 1]);
+        default:
+            return st_usage_error("unknown option '%s' for 'station run'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return st_usage_error("unexpected argument '%s' for 'station run'", argv[optind]);
+    if (!o.simulate)
+        return st_usage_error("%s", "nothing to do: real USB devices are not supported yet; "
+                                 "use --simulate N");
+    return st_run(&o);
+}
+
