@@ -174,6 +174,60 @@ const struct eng_image_info *eng_engine_images(const struct eng_engine *eng, uns
     return eng->loaded ? eng->infos : NULL;
 }
 
+/* ---- sparse plans ---- */
+
+struct eng_image *eng__image(struct eng_engine *eng, unsigned i)
+{
+    return eng->images[i];
+}
+
+static void plan_work(uv_work_t *w)
+{
+    struct eng_plan_entry *e = w->data;
+    struct eng_image *img = e->eng->images[e->image];
+    e->status = eng_sparse_plan_new(eng_image_fd(img), eng_image_data(img), eng_image_size(img),
+                                    e->limit, &e->plan, e->message, sizeof(e->message));
+}
+
+static void plan_done(uv_work_t *w, int status)
+{
+    struct eng_plan_entry *e = w->data;
+    struct eng_engine *eng = e->eng;
+    e->done = true;
+    if (status == UV_ECANCELED && e->status == 0 && !e->plan) {
+        e->status = ST_ECANCELED;
+        snprintf(e->message, sizeof(e->message), "cancelled");
+    }
+    for (unsigned i = 0; i < eng->n_slots; i++) {
+        struct eng_session *s = eng->slots[i]->session;
+        if (s && eng__session_waits_for_plan(s, e))
+            eng__session_plan_ready(s, e);
+    }
+    eng__pending_done(eng);
+}
+
+struct eng_plan_entry *eng__plan_get(struct eng_engine *eng, unsigned image, uint64_t limit)
+{
+    for (struct eng_plan_entry *e = eng->plans; e; e = e->next)
+        if (e->image == image && e->limit == limit)
+            return e;
+    struct eng_plan_entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        return NULL;
+    e->eng = eng;
+    e->image = image;
+    e->limit = limit;
+    e->work.data = e;
+    if (uv_queue_work(eng->loop, &e->work, plan_work, plan_done) != 0) {
+        free(e);
+        return NULL;
+    }
+    eng->pending++;
+    e->next = eng->plans;
+    eng->plans = e;
+    return e;
+}
+
 /* ---- slots ---- */
 
 static struct eng_slot *slot_for_port(struct eng_engine *eng, const char *port, bool create)
@@ -345,6 +399,12 @@ void eng_engine_free(struct eng_engine *eng)
 {
     if (!eng)
         return;
+    while (eng->plans) {
+        struct eng_plan_entry *e = eng->plans;
+        eng->plans = e->next;
+        eng_sparse_plan_free(e->plan);
+        free(e);
+    }
     for (unsigned i = 0; i < eng->recipe.n_images; i++)
         eng_image_unref(eng->images[i]);
     for (unsigned i = 0; i < eng->n_slots; i++)

@@ -7,7 +7,22 @@
 #include "engine/fastboot.h"
 #include "engine/image.h"
 
+#include "engine/sparse.h"
+
 struct eng_session;
+
+/* A sparse split, planned once per (image, limit) and shared. */
+struct eng_plan_entry {
+    struct eng_engine *eng;
+    unsigned image;
+    uint64_t limit;
+    bool done;
+    int status;                   /* when done: 0 or a negative code */
+    char message[200];
+    struct eng_sparse_plan *plan; /* when done and status == 0 */
+    uv_work_t work;
+    struct eng_plan_entry *next;
+};
 
 struct eng_slot {
     char name[64];
@@ -32,6 +47,7 @@ struct eng_engine {
     eng_load_cb load_cb;
     void *load_user_data;
     char load_msg[CFG_PATH_MAX + 200];
+    struct eng_plan_entry *plans;
     /* slots */
     struct eng_slot **slots;
     unsigned n_slots, cap_slots;
@@ -52,11 +68,18 @@ void eng__session_device_left(struct eng_session *s);
 void eng__session_device_back(struct eng_session *s);
 void eng__session_abort(struct eng_session *s);
 bool eng__session_waits_for_device(const struct eng_session *s);
+void eng__session_plan_ready(struct eng_session *s, struct eng_plan_entry *e);
+bool eng__session_waits_for_plan(const struct eng_session *s, const struct eng_plan_entry *e);
 
 /* engine.c */
 void eng__emit(struct eng_engine *eng, struct eng_event *ev);
 void eng__session_freed(struct eng_engine *eng, struct eng_slot *slot, enum eng_result result);
 void eng__pending_done(struct eng_engine *eng);
 void eng__close_transport(struct eng_engine *eng, struct eng_slot *slot);
+/* The plan for (image, limit): returns the entry (maybe not done yet: the
+ * session is then resumed through eng__session_plan_ready), or NULL when
+ * out of memory. */
+struct eng_plan_entry *eng__plan_get(struct eng_engine *eng, unsigned image, uint64_t limit);
+struct eng_image *eng__image(struct eng_engine *eng, unsigned i);
 
 #endif

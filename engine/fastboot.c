@@ -38,7 +38,10 @@ struct eng_fb {
     unsigned timeout_ms;
     char cmd[ENG_FB_COMMAND_MAX + 1];
     char reply[ENG_FB_REPLY_MAX + 1];
-    const uint8_t *data;
+    struct eng_iov one;      /* eng_fb_download()'s single range */
+    const struct eng_iov *iov;
+    unsigned n_iov, cur_iov;
+    size_t iov_off;          /* bytes of iov[cur_iov] already sent */
     uint64_t data_len, data_sent;
     bool download, data_done;
     /* ending: the in-flight transfer was cancelled; finish on its callback */
@@ -80,7 +83,7 @@ static void finish(struct eng_fb *fb, int status, const char *text)
     fb->state = FB_IDLE;
     fb->ending = false;
     fb->cb = NULL;
-    fb->data = NULL;
+    fb->iov = NULL;
     if (cb)
         cb(fb, status, text, ud);
     if (fb->closing && fb->state == FB_IDLE)
@@ -145,10 +148,19 @@ static void fail_submit(struct eng_fb *fb, int rc, const char *what)
 
 static void send_chunk(struct eng_fb *fb)
 {
-    uint64_t left = fb->data_len - fb->data_sent;
-    size_t n = left < fb->chunk_size ? (size_t)left : fb->chunk_size;
+    while (fb->cur_iov < fb->n_iov && fb->iov_off == fb->iov[fb->cur_iov].len) {
+        fb->cur_iov++;
+        fb->iov_off = 0;
+    }
+    if (fb->cur_iov == fb->n_iov) {
+        finishf(fb, ST_EINTERNAL, "download ranges hold fewer bytes than announced");
+        return;
+    }
+    const struct eng_iov *v = &fb->iov[fb->cur_iov];
+    size_t left = v->len - fb->iov_off;
+    size_t n = left < fb->chunk_size ? left : fb->chunk_size;
     fb->state = FB_SEND_DATA;
-    int rc = submit(fb, ENG_XFER_BULK_OUT, (void *)(fb->data + fb->data_sent), n);
+    int rc = submit(fb, ENG_XFER_BULK_OUT, (void *)((const uint8_t *)v->base + fb->iov_off), n);
     if (rc)
         fail_submit(fb, rc, "send data");
 }
@@ -246,8 +258,10 @@ static void xfer_done(struct eng_xfer *x)
         finish(fb, fb->end_status, fb->msg);
         return;
     }
-    if (fb->state == FB_SEND_DATA)
+    if (fb->state == FB_SEND_DATA) {
         fb->data_sent += x->actual;
+        fb->iov_off += x->actual;
+    }
     if (x->status) {
         if (x->status == ST_EOVERFLOW)
             finishf(fb, ST_EOVERFLOW, "reply longer than %d bytes", ENG_FB_REPLY_MAX);
@@ -291,7 +305,8 @@ static void xfer_done(struct eng_xfer *x)
 static void on_timeout(uv_timer_t *timer)
 {
     struct eng_fb *fb = timer->data;
-    double s = fb->timeout_ms / 1000.0;
+    /* whole tenths: "5 s", "1.3 s" */
+    double s = (double)((fb->timeout_ms + 50) / 100) / 10.0;
     switch (fb->state) {
     case FB_SEND_DATA:
         snprintf(fb->msg, sizeof(fb->msg),
@@ -360,21 +375,38 @@ int eng_fb_command(struct eng_fb *fb, const char *cmd, unsigned timeout_ms, eng_
     return start(fb, cmd, timeout_ms, cb, user_data);
 }
 
+int eng_fb_download_iov(struct eng_fb *fb, const struct eng_iov *iov, unsigned n, uint64_t total,
+                        unsigned timeout_ms, eng_fb_done_cb cb, void *user_data)
+{
+    char cmd[32];
+    uint64_t sum = 0;
+    if (fb->state != FB_IDLE)
+        return ST_EBUSY;
+    for (unsigned i = 0; i < n; i++)
+        sum += iov[i].len;
+    if (total == 0 || total > 0xffffffffu || !iov || sum != total)
+        return ST_EINVAL;
+    snprintf(cmd, sizeof(cmd), "download:%08" PRIx64, total);
+    fb->download = true;
+    fb->data_done = false;
+    fb->iov = iov;
+    fb->n_iov = n;
+    fb->cur_iov = 0;
+    fb->iov_off = 0;
+    fb->data_len = total;
+    fb->data_sent = 0;
+    return start(fb, cmd, timeout_ms, cb, user_data);
+}
+
 int eng_fb_download(struct eng_fb *fb, const void *data, uint64_t len, unsigned timeout_ms,
                     eng_fb_done_cb cb, void *user_data)
 {
-    char cmd[32];
     if (fb->state != FB_IDLE)
         return ST_EBUSY;
-    if (len == 0 || len > 0xffffffffu || !data)
+    if (!data)
         return ST_EINVAL;
-    snprintf(cmd, sizeof(cmd), "download:%08" PRIx64, len);
-    fb->download = true;
-    fb->data_done = false;
-    fb->data = data;
-    fb->data_len = len;
-    fb->data_sent = 0;
-    return start(fb, cmd, timeout_ms, cb, user_data);
+    fb->one = (struct eng_iov){.base = data, .len = (size_t)len};
+    return eng_fb_download_iov(fb, &fb->one, 1, len, timeout_ms, cb, user_data);
 }
 
 void eng_fb_abort(struct eng_fb *fb, int status, const char *reason)

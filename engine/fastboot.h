@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "engine/sparse.h"
 #include "engine/transport.h"
 
 #define ENG_FB_COMMAND_MAX 64
@@ -53,6 +54,12 @@ int eng_fb_command(struct eng_fb *fb, const char *cmd, unsigned timeout_ms, eng_
  * callback). The whole exchange must finish within timeout_ms. */
 int eng_fb_download(struct eng_fb *fb, const void *data, uint64_t len, unsigned timeout_ms,
                     eng_fb_done_cb cb, void *user_data);
+
+/* Download the concatenation of `n` ranges (`total` bytes in all; the
+ * array and what it points to must stay valid until the callback). Each
+ * transfer carries bytes of one range only, so nothing is copied. */
+int eng_fb_download_iov(struct eng_fb *fb, const struct eng_iov *iov, unsigned n, uint64_t total,
+                        unsigned timeout_ms, eng_fb_done_cb cb, void *user_data);
 
 /* Cancel the running operation; its callback runs with `status` (for
  * example ST_ENODEV or ST_ECANCELED) and `reason`. No-op when idle. */

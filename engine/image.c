@@ -25,6 +25,7 @@ struct eng_image {
     char message[CFG_PATH_MAX + 160];
     uint8_t *data;
     uint64_t size;
+    int fd;               /* kept open for libsparse's reads (sparse planning) */
     char sha256[65];
 };
 
@@ -62,8 +63,11 @@ static int map_demo(struct eng_image *img)
     mprotect(p, img->cfg.demo_size, PROT_READ);
     img->data = p;
     img->size = img->cfg.demo_size;
+    img->fd = fd;
+    fd = -1;
 out_close:
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     if (rc)
         snprintf(img->message, sizeof(img->message), "demo image %s: %s", img->cfg.name,
                  st_strerror(rc));
@@ -101,6 +105,8 @@ static int map_file(struct eng_image *img)
     }
     img->data = p;
     img->size = (uint64_t)st.st_size;
+    img->fd = fd;
+    return 0;
 out_close:
     close(fd);
     return rc;
@@ -138,6 +144,8 @@ static void image_free(struct eng_image *img)
 {
     if (img->data)
         munmap(img->data, img->size);
+    if (img->fd >= 0)
+        close(img->fd);
     free(img);
 }
 
@@ -164,6 +172,7 @@ int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg, eng_image_cb cb
     if (!img)
         return ST_ENOMEM;
     img->cfg = *cfg;
+    img->fd = -1;
     img->refs = 1;
     img->cb = cb;
     img->user_data = user_data;
@@ -195,6 +204,7 @@ const uint8_t *eng_image_data(const struct eng_image *img) { return img->data; }
 uint64_t eng_image_size(const struct eng_image *img) { return img->size; }
 const char *eng_image_sha256(const struct eng_image *img) { return img->sha256; }
 const char *eng_image_name(const struct eng_image *img) { return img->cfg.name; }
+int eng_image_fd(const struct eng_image *img) { return img->fd; }
 const char *eng_image_path(const struct eng_image *img)
 {
     return img->cfg.path[0] ? img->cfg.path : "(demo)";

@@ -36,6 +36,8 @@ uint64_t eng_image_size(const struct eng_image *img);
 const char *eng_image_sha256(const struct eng_image *img); /* lowercase hex */
 const char *eng_image_name(const struct eng_image *img);
 const char *eng_image_path(const struct eng_image *img);   /* "(demo)" for generated */
+/* A read-only descriptor of the content, owned by the image. */
+int eng_image_fd(const struct eng_image *img);
 
 /* Fill `buf` with the demo content for (seed) at offset 0..len: the same
  * bytes eng_image_open() generates, for tests to compare. */

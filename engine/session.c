@@ -37,6 +37,12 @@ struct eng_session {
     char serial[64];
     char product[64];
     uint64_t max_download;
+    bool has_slot;             /* the current flash step's partition is slotted */
+    char slot_suffix[4];       /* "_a" once current-slot is known */
+    const struct eng_sparse_plan *plan; /* current flash step, when split */
+    struct eng_plan_entry *waiting_plan;
+    unsigned piece, n_pieces;
+    char qual[32];             /* " piece 3/7" in reasons */
     uint64_t bytes, step_bytes;
     int64_t last_progress_ms;
     char info[INFO_MAX];
@@ -45,7 +51,7 @@ struct eng_session {
     bool wait_timer_open;
     enum eng_result result;
     char failed_step[CFG_ARG_MAX + 16];
-    char reason[CFG_ARG_MAX + 16 + 400 + 8];
+    char reason[CFG_ARG_MAX + 16 + 32 + 400 + 8];
 };
 
 static void run_step(struct eng_session *s);
@@ -164,7 +170,7 @@ static void step_fail(struct eng_session *s, const char *fmt, ...)
     if (result == ENG_RESULT_ABORTED)
         snprintf(s->reason, sizeof(s->reason), "station stopped during %s", s->step_name);
     else
-        snprintf(s->reason, sizeof(s->reason), "%s: %s", s->step_name, detail);
+        snprintf(s->reason, sizeof(s->reason), "%s%s: %s", s->step_name, s->qual, detail);
     end_step(s, result, detail);
     session_end(s, result);
 }
@@ -229,6 +235,15 @@ static void on_getvar_done(struct eng_fb *fb, int status, const char *text, void
         snprintf(s->serial, sizeof(s->serial), "%s", text);
     else if (!strcmp(st->arg, "product"))
         snprintf(s->product, sizeof(s->product), "%s", text);
+    if (!strcmp(st->arg, "serialno") && s->slot->t && s->slot->t->usb_serial[0] &&
+        strcmp(s->slot->t->usb_serial, text) != 0) {
+        /* Field note 3: serials differ between modes; record both, flag it. */
+        char flagged[200];
+        snprintf(flagged, sizeof(flagged), "%.63s (differs from USB iSerial %.63s)", text,
+                 s->slot->t->usb_serial);
+        step_ok(s, flagged);
+        return;
+    }
     if (st->n_alternatives && !value_allowed(st, text)) {
         char want[CFG_MAX_ALTERNATIVES * (CFG_NAME_MAX + 1)] = "";
         for (unsigned i = 0; i < st->n_alternatives; i++) {
@@ -242,17 +257,66 @@ static void on_getvar_done(struct eng_fb *fb, int status, const char *text, void
     step_ok(s, text);
 }
 
+/* ---- flash PART IMAGE: the client's sequence (shared/notes/fastboot.md):
+ * has-slot, current-slot when slotted, max-download-size, then one
+ * download + flash, or per sparse piece when the image is too large. ---- */
+
+enum flash_sub {
+    FL_HAS_SLOT,
+    FL_CURRENT_SLOT,
+    FL_MAX_DOWNLOAD,
+    FL_PLAN,
+    FL_DOWNLOAD,
+    FL_FLASH,
+};
+
+static const char *const flash_sub_name[] = {
+    "getvar:has-slot", "getvar:current-slot", "getvar:max-download-size", "split",
+    "download", "flash",
+};
+
 static void flash_next(struct eng_session *s);
+
+static struct eng_image *step_image(struct eng_session *s)
+{
+    return eng__image(s->eng, (unsigned)cur(s)->image);
+}
+
+static void set_qual(struct eng_session *s)
+{
+    if (s->n_pieces > 1)
+        snprintf(s->qual, sizeof(s->qual), " piece %u/%u", s->piece + 1, s->n_pieces);
+    else
+        s->qual[0] = '\0';
+}
 
 static void on_flash_sub_done(struct eng_fb *fb, int status, const char *text, void *user_data)
 {
     struct eng_session *s = user_data;
-    static const char *const what[] = {"getvar:max-download-size", "download", "flash"};
-    if (status) {
-        step_fail(s, "%s: %s", what[s->sub], text);
+    const struct cfg_step *st = cur(s);
+    switch (s->sub) {
+    case FL_HAS_SLOT:
+        /* A device that does not know the variable has no slots (as the client assumes). */
+        if (status && status != ST_EDEVFAIL)
+            break;
+        s->has_slot = status == 0 && !strcmp(text, "yes");
+        s->sub = s->has_slot && !s->slot_suffix[0] ? FL_CURRENT_SLOT : FL_MAX_DOWNLOAD;
+        flash_next(s);
         return;
-    }
-    if (s->sub == 0) {
+    case FL_CURRENT_SLOT:
+        if (status)
+            break;
+        if (strcmp(text, "a") && strcmp(text, "b") && strcmp(text, "_a") && strcmp(text, "_b")) {
+            step_fail(s, "getvar:current-slot: unexpected slot \"%.20s\"", text);
+            return;
+        }
+        snprintf(s->slot_suffix, sizeof(s->slot_suffix), "_%s", text[0] == '_' ? text + 1 : text);
+        s->sub = FL_MAX_DOWNLOAD;
+        flash_next(s);
+        return;
+    case FL_MAX_DOWNLOAD: {
+        if (status)
+            break;
         char *end;
         unsigned long long v = strtoull(text, &end, 0);
         if (*end != '\0' || v == 0) {
@@ -260,52 +324,134 @@ static void on_flash_sub_done(struct eng_fb *fb, int status, const char *text, v
             return;
         }
         s->max_download = v;
-    } else if (s->sub == 1) {
-        uint64_t n = eng_image_size(s->eng->images[cur(s)->image]);
-        s->bytes += n;
-        s->step_bytes = n;
-    } else {
-        step_ok(s, text);
+        s->sub = FL_PLAN;
+        flash_next(s);
         return;
     }
-    s->sub++;
+    case FL_DOWNLOAD:
+        if (status)
+            break;
+        s->sub = FL_FLASH;
+        flash_next(s);
+        return;
+    case FL_FLASH:
+        if (status)
+            break;
+        if (++s->piece < s->n_pieces) {
+            s->sub = FL_DOWNLOAD;
+            set_qual(s);
+            flash_next(s);
+            return;
+        }
+        s->qual[0] = '\0';
+        step_ok(s, text);
+        return;
+    default:
+        break;
+    }
+    (void)st;
+    step_fail(s, "%s: %s", flash_sub_name[s->sub], text);
+}
+
+/* Decide raw or split; may wait for the shared plan. */
+static void flash_plan(struct eng_session *s)
+{
+    struct eng_image *img = step_image(s);
+    uint64_t size = eng_image_size(img);
+    s->piece = 0;
+    s->plan = NULL;
+    if (size <= s->max_download) {
+        s->n_pieces = 1;
+        s->sub = FL_DOWNLOAD;
+        flash_next(s);
+        return;
+    }
+    uint64_t limit = eng_sparse_piece_limit(s->max_download);
+    struct eng_plan_entry *e = eng__plan_get(s->eng, (unsigned)cur(s)->image, limit);
+    if (!e) {
+        step_fail(s, "split: out of memory");
+        return;
+    }
+    if (!e->done) {
+        s->waiting_plan = e;
+        return; /* eng__session_plan_ready() resumes */
+    }
+    eng__session_plan_ready(s, e);
+}
+
+bool eng__session_waits_for_plan(const struct eng_session *s, const struct eng_plan_entry *e)
+{
+    return s->phase == PH_RUNNING && s->waiting_plan == e;
+}
+
+void eng__session_plan_ready(struct eng_session *s, struct eng_plan_entry *e)
+{
+    s->waiting_plan = NULL;
+    if (e->status) {
+        step_fail(s, "cannot split image %s for max-download-size %" PRIu64 ": %s",
+                  eng_image_name(step_image(s)), s->max_download, e->message);
+        return;
+    }
+    s->plan = e->plan;
+    s->n_pieces = eng_sparse_plan_count(e->plan);
+    s->sub = FL_DOWNLOAD;
+    set_qual(s);
     flash_next(s);
 }
 
 static void flash_next(struct eng_session *s)
 {
     const struct cfg_step *st = cur(s);
-    struct eng_image *img = s->eng->images[st->image];
-    uint64_t size = eng_image_size(img);
+    struct eng_image *img = step_image(s);
     char cmd[ENG_FB_COMMAND_MAX + 1];
     int rc = 0;
     switch (s->sub) {
-    case 0:
+    case FL_HAS_SLOT:
+        snprintf(cmd, sizeof(cmd), "getvar:has-slot:%s", st->arg);
+        rc = eng_fb_command(s->fb, cmd, reply_timeout(s), on_flash_sub_done, s);
+        break;
+    case FL_CURRENT_SLOT:
+        rc = eng_fb_command(s->fb, "getvar:current-slot", reply_timeout(s), on_flash_sub_done, s);
+        break;
+    case FL_MAX_DOWNLOAD:
         if (s->max_download) {
-            s->sub = 1;
+            s->sub = FL_PLAN;
             flash_next(s);
             return;
         }
         rc = eng_fb_command(s->fb, "getvar:max-download-size", reply_timeout(s),
                             on_flash_sub_done, s);
         break;
-    case 1:
-        if (size > s->max_download) {
-            step_fail(s, "image %s is %" PRIu64 " bytes; the device takes at most %" PRIu64
-                         " per download (sparse splitting is not supported yet)",
-                      eng_image_name(img), size, s->max_download);
-            return;
+    case FL_PLAN:
+        flash_plan(s);
+        return;
+    case FL_DOWNLOAD:
+        if (s->plan) {
+            const struct eng_sparse_piece *pc = eng_sparse_plan_piece(s->plan, s->piece);
+            rc = eng_fb_download_iov(s->fb, pc->iov, pc->n_iov, pc->bytes,
+                                     data_timeout(s, pc->bytes), on_flash_sub_done, s);
+            s->bytes += pc->bytes;
+            s->step_bytes += pc->bytes;
+        } else {
+            uint64_t size = eng_image_size(img);
+            rc = eng_fb_download(s->fb, eng_image_data(img), size, data_timeout(s, size),
+                                 on_flash_sub_done, s);
+            s->bytes += size;
+            s->step_bytes += size;
         }
-        rc = eng_fb_download(s->fb, eng_image_data(img), size, data_timeout(s, size),
-                             on_flash_sub_done, s);
         break;
-    default:
-        snprintf(cmd, sizeof(cmd), "flash:%s", st->arg);
+    case FL_FLASH: {
+        uint64_t size = s->plan ? eng_sparse_plan_piece(s->plan, s->piece)->bytes
+                                : eng_image_size(img);
+        snprintf(cmd, sizeof(cmd), "flash:%s%s", st->arg, s->has_slot ? s->slot_suffix : "");
         rc = eng_fb_command(s->fb, cmd, data_timeout(s, size), on_flash_sub_done, s);
         break;
     }
-    if (rc)
-        step_fail(s, "cannot start: %s", st_strerror(rc));
+    }
+    if (rc == ST_ENODEV)
+        step_fail(s, "%s: device disconnected", flash_sub_name[s->sub]);
+    else if (rc)
+        step_fail(s, "%s: cannot start: %s", flash_sub_name[s->sub], st_strerror(rc));
 }
 
 static void on_wait_timeout(uv_timer_t *t)
@@ -338,6 +484,11 @@ static void begin_step(struct eng_session *s)
     s->step_bytes = 0;
     s->info_len = 0;
     s->sub = 0;
+    s->qual[0] = '\0';
+    s->plan = NULL;
+    s->waiting_plan = NULL;
+    s->n_pieces = 0;
+    s->has_slot = false;
     fill_event(s, &ev, ENG_EV_STEP_BEGIN);
     eng__emit(s->eng, &ev);
 }
@@ -457,6 +608,9 @@ void eng__session_device_back(struct eng_session *s)
         return; /* still closing the old driver: old_driver_closed() calls again */
     uv_timer_stop(&s->wait_timer);
     s->phase = PH_RUNNING;
+    /* A device back from a reboot may have changed: ask again. */
+    s->max_download = 0;
+    s->slot_suffix[0] = '\0';
     int rc = make_driver(s);
     if (rc) {
         step_fail(s, "cannot reopen the device: %s", st_strerror(rc));

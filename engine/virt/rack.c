@@ -115,6 +115,10 @@ static int plug_new_unit(struct eng_rack *rack, struct pos *p)
     cfg.max_download = rack->opts.max_download;
     cfg.pace_mbps = rack->opts.pace_mbps;
     cfg.info_lines = rack->opts.info_lines;
+    cfg.ab_slots = rack->opts.ab_slots;
+    cfg.keep_data = rack->opts.keep_data;
+    if (rack->opts.product)
+        snprintf(cfg.product, sizeof(cfg.product), "%s", rack->opts.product);
     if (p->plugged == 0)
         for (unsigned i = 0; i < p->n_faults; i++)
             if (eng_vfb_parse_fault(&cfg, p->faults[i]) != 0)

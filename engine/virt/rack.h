@@ -33,6 +33,9 @@ struct eng_rack_options {
     unsigned max_units;        /* stop plugging after this many; 0 = no limit */
     unsigned reenum_ms;        /* time a rebooting device is away; default 300 */
     unsigned info_lines;       /* INFO lines per flash */
+    bool ab_slots;             /* devices have A/B partitions */
+    bool keep_data;            /* devices keep partition bytes (tests) */
+    const char *product;       /* getvar product; NULL = "simphone" */
     uint32_t seed;             /* serial numbers */
 };
 

@@ -34,6 +34,9 @@ struct eng_vfb {
     XXH3_state_t *hash;
     bool staged;          /* a complete download waits for flash */
     uint64_t staged_size, staged_hash;
+    uint8_t *staged_data; /* keep_data: the download's bytes */
+    bool staged_sparse;   /* the download starts with the sparse magic */
+    uint8_t first[4];     /* first bytes of the download */
     /* state */
     bool silent, gone, reenumerate;
     uint64_t bytes_total;
@@ -102,6 +105,9 @@ void eng_vfb_free(struct eng_vfb *d)
         return;
     if (d->hash)
         XXH3_freeState(d->hash);
+    for (unsigned i = 0; i < d->n_parts; i++)
+        free(d->parts[i].data);
+    free(d->staged_data);
     free(d->replies);
     free(d);
 }
@@ -179,7 +185,9 @@ static bool getvar_value(struct eng_vfb *d, const char *name, char *out, size_t 
     else if (!strcmp(name, "slot-count"))
         snprintf(out, len, "2");
     else if (!strncmp(name, "has-slot:", 9))
-        snprintf(out, len, "no");
+        snprintf(out, len, "%s", d->cfg.ab_slots && strcmp(name + 9, "userdata") &&
+                                         strcmp(name + 9, "metadata") && strcmp(name + 9, "misc")
+                                     ? "yes" : "no");
     else
         return false;
     return true;
@@ -237,6 +245,12 @@ static void do_command(struct eng_vfb *d, const char *cmd)
         else if (n == 0 || n > d->cfg.max_download)
             push_reply(d, "FAIL", "data too large");
         else {
+            free(d->staged_data);
+            d->staged_data = NULL;
+            if (d->cfg.keep_data && !(d->staged_data = malloc(n))) {
+                push_reply(d, "FAIL", "out of memory");
+                return;
+            }
             d->in_data = true;
             d->staged = false;
             d->data_expected = n;
@@ -250,12 +264,31 @@ static void do_command(struct eng_vfb *d, const char *cmd)
             push_reply(d, "FAIL", "no image downloaded");
         else if (!p)
             push_reply(d, "FAIL", "too many partitions");
-        else {
+        else if (d->staged_sparse) {
+            char err[120];
+            if (eng_vfb_apply_sparse(p, d->staged_data, d->staged_size, d->cfg.keep_data, err,
+                                     sizeof(err)) != 0) {
+                push_reply(d, "FAIL", "%s", err);
+                return;
+            }
+            for (unsigned i = 0; i < d->cfg.info_lines; i++)
+                push_reply(d, "INFO", "writing '%s' %u/%u", p->name, i + 1, d->cfg.info_lines);
+            d->writes++;
+            push_reply(d, "OKAY", "%s", "");
+        } else {
             for (unsigned i = 0; i < d->cfg.info_lines; i++)
                 push_reply(d, "INFO", "writing '%s' %u/%u", p->name, i + 1, d->cfg.info_lines);
             p->size = d->staged_size;
             p->hash = d->staged_hash;
             p->erased = false;
+            p->sparse = false;
+            p->pieces = 0;
+            if (d->cfg.keep_data) {
+                free(p->data);
+                p->data = d->staged_data;
+                d->staged_data = NULL;
+                d->staged = false;
+            }
             d->writes++;
             push_reply(d, "OKAY", "%s", "");
         }
@@ -267,6 +300,10 @@ static void do_command(struct eng_vfb *d, const char *cmd)
             p->size = 0;
             p->hash = 0;
             p->erased = true;
+            p->sparse = false;
+            p->pieces = 0;
+            free(p->data);
+            p->data = NULL;
             d->writes++;
             push_reply(d, "OKAY", "%s", "");
         }
@@ -309,6 +346,10 @@ int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *
             leave = true;
         }
         XXH3_64bits_update(d->hash, data, take);
+        if (d->staged_data)
+            memcpy(d->staged_data + d->data_got, data, take);
+        for (uint64_t i = d->data_got; i < 4 && i - d->data_got < take; i++)
+            d->first[i] = ((const uint8_t *)data)[i - d->data_got];
         d->data_got += take;
         d->bytes_total += take;
         *accepted = take;
@@ -321,6 +362,8 @@ int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *
             d->staged = true;
             d->staged_size = d->data_expected;
             d->staged_hash = XXH3_64bits_digest(d->hash);
+            d->staged_sparse = d->data_expected >= 28 && d->first[0] == 0x3a &&
+                               d->first[1] == 0xff && d->first[2] == 0x26 && d->first[3] == 0xed;
             if (!d->silent)
                 push_reply(d, "OKAY", "%s", "");
         }
@@ -356,6 +399,19 @@ size_t eng_vfb_host_read(struct eng_vfb *d, void *buf, size_t cap)
 }
 
 bool eng_vfb_gone(const struct eng_vfb *d) { return d->gone; }
+bool eng_vfb_silent(const struct eng_vfb *d) { return d->silent; }
+
+void eng_vfb_reset_link(struct eng_vfb *d)
+{
+    d->head = 0;
+    d->count = 0;
+    if (d->in_data) {
+        d->in_data = false;
+        d->staged = false;
+        free(d->staged_data);
+        d->staged_data = NULL;
+    }
+}
 
 bool eng_vfb_take_reenumerate(struct eng_vfb *d)
 {
@@ -377,3 +433,101 @@ unsigned eng_vfb_writes(const struct eng_vfb *d) { return d->writes; }
 uint64_t eng_vfb_bytes_received(const struct eng_vfb *d) { return d->bytes_total; }
 const char *eng_vfb_active_slot(const struct eng_vfb *d) { return d->active_slot; }
 unsigned eng_vfb_command_count(const struct eng_vfb *d) { return d->commands; }
+
+/* Android sparse format (shared/notes/fastboot.md): a 28-byte file
+ * header, then chunks with a 12-byte header each. Little-endian. */
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint16_t le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+int eng_vfb_apply_sparse(struct eng_vfb_part *part, const uint8_t *buf, uint64_t len, bool keep,
+                         char *err, size_t errlen)
+{
+    if (keep && !buf) {
+        snprintf(err, errlen, "sparse image not kept");
+        return ST_EPROTO;
+    }
+    if (len < 28 || le32(buf) != 0xed26ff3a || le16(buf + 4) != 1 || le16(buf + 8) < 28 ||
+        le16(buf + 10) < 12) {
+        snprintf(err, errlen, "invalid sparse file format");
+        return ST_EPROTO;
+    }
+    uint32_t hdr = le16(buf + 8), chdr = le16(buf + 10), bs = le32(buf + 12);
+    uint32_t total_blks = le32(buf + 16), chunks = le32(buf + 20);
+    if (bs == 0 || bs % 4 != 0) {
+        snprintf(err, errlen, "invalid sparse block size %u", bs);
+        return ST_EPROTO;
+    }
+    uint64_t size = (uint64_t)total_blks * bs;
+    if (keep && size > (1ull << 32)) {
+        snprintf(err, errlen, "sparse image too large for the virtual device");
+        return ST_EPROTO;
+    }
+    uint8_t *data = part->data;
+    if (keep && part->size != size) {
+        uint8_t *n = realloc(part->data, size ? size : 1);
+        if (!n) {
+            snprintf(err, errlen, "out of memory");
+            return ST_EPROTO;
+        }
+        if (size > part->size)
+            memset(n + part->size, 0, size - part->size);
+        data = part->data = n;
+    }
+    uint64_t off = hdr, blk = 0;
+    for (uint32_t c = 0; c < chunks; c++) {
+        if (off + chdr > len) {
+            snprintf(err, errlen, "sparse chunk %u truncated", c);
+            return ST_EPROTO;
+        }
+        uint16_t type = le16(buf + off);
+        uint32_t n = le32(buf + off + 4), total = le32(buf + off + 8);
+        uint64_t bytes = (uint64_t)n * bs;
+        if (total < chdr || off + total > len || blk + n > total_blks) {
+            snprintf(err, errlen, "sparse chunk %u out of bounds", c);
+            return ST_EPROTO;
+        }
+        const uint8_t *payload = buf + off + chdr;
+        switch (type) {
+        case 0xCAC1:
+            if (total - chdr != bytes) {
+                snprintf(err, errlen, "sparse raw chunk %u has the wrong size", c);
+                return ST_EPROTO;
+            }
+            if (keep)
+                memcpy(data + blk * bs, payload, bytes);
+            break;
+        case 0xCAC2:
+            if (total - chdr != 4) {
+                snprintf(err, errlen, "sparse fill chunk %u has the wrong size", c);
+                return ST_EPROTO;
+            }
+            if (keep)
+                for (uint64_t i = 0; i < bytes; i += 4)
+                    memcpy(data + blk * bs + i, payload, 4);
+            break;
+        case 0xCAC3:
+        case 0xCAC4:
+            break;
+        default:
+            snprintf(err, errlen, "unknown sparse chunk type 0x%04x", type);
+            return ST_EPROTO;
+        }
+        blk += n;
+        off += total;
+    }
+    part->size = size;
+    part->hash = 0;
+    part->erased = false;
+    if (!part->sparse)
+        part->pieces = 0;
+    part->sparse = true;
+    part->pieces++;
+    return 0;
+}

@@ -23,11 +23,14 @@
 
 struct eng_vfb_config {
     char serial[64];
+    char usb_serial[64];       /* iSerial on the USB side; empty = same as serial */
     char product[32];
     char version_bootloader[32];
     uint64_t max_download;     /* bytes; 0 means 256 MiB */
     double pace_mbps;          /* transfer pace in MB/s for transports; 0 = unpaced */
     unsigned info_lines;       /* INFO lines sent before each flash OKAY */
+    bool ab_slots;             /* partitions have _a/_b copies (has-slot: yes) */
+    bool keep_data;            /* keep partition bytes (tests; costs memory) */
     /* Faults. A prefix matches a command that starts with it. */
     char fail_on[64];          /* reply "FAIL injected fault" */
     char silent_on[64];        /* stop answering from this command on */
@@ -40,8 +43,11 @@ struct eng_vfb_config {
 struct eng_vfb_part {
     char name[32];
     uint64_t size;
-    uint64_t hash;     /* XXH3-64 of the bytes written */
+    uint64_t hash;     /* XXH3-64 of the bytes written (raw downloads only) */
     bool erased;
+    bool sparse;       /* last written from Android sparse pieces */
+    unsigned pieces;   /* sparse pieces written since the last raw write */
+    uint8_t *data;     /* keep_data: the partition's content (size bytes) */
 };
 
 struct eng_vfb;
@@ -68,6 +74,14 @@ bool eng_vfb_reply_pending(const struct eng_vfb *dev);
  * cap: then only cap bytes were copied and the caller reports overflow). */
 size_t eng_vfb_host_read(struct eng_vfb *dev, void *buf, size_t cap);
 
+/* The host's link went away (a TCP client closed its connection): drop
+ * queued replies and a half-done download; storage is kept. */
+void eng_vfb_reset_link(struct eng_vfb *dev);
+
+/* True once the device stopped answering for good: "reboot" or "continue"
+ * (it now runs its OS) or the silent fault. */
+bool eng_vfb_silent(const struct eng_vfb *dev);
+
 /* The device has gone (disconnect fault, or after "reboot"). */
 bool eng_vfb_gone(const struct eng_vfb *dev);
 /* The device asked to re-enumerate (reboot-bootloader); cleared on read. */
@@ -82,6 +96,12 @@ const struct eng_vfb_part *eng_vfb_parts(const struct eng_vfb *dev, unsigned *n)
 unsigned eng_vfb_writes(const struct eng_vfb *dev);
 uint64_t eng_vfb_bytes_received(const struct eng_vfb *dev);
 const char *eng_vfb_active_slot(const struct eng_vfb *dev);
+/* Apply one Android sparse image (`buf`, `len`) onto `part`'s content,
+ * growing it to the image's full size; exposed for tests. 0, or ST_EPROTO
+ * with a message in `err` for a malformed image. */
+int eng_vfb_apply_sparse(struct eng_vfb_part *part, const uint8_t *buf, uint64_t len, bool keep,
+                         char *err, size_t errlen);
+
 /* Commands received so far, for tests ("getvar:product", "download:00100000", ...). */
 unsigned eng_vfb_command_count(const struct eng_vfb *dev);
 

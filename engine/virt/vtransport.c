@@ -226,7 +226,9 @@ int eng_vt_new(uv_loop_t *loop, struct eng_vfb *dev, const char *port, eng_vt_no
     v->pub.ops = &vt_ops;
     v->pub.impl = v;
     snprintf(v->pub.port, sizeof(v->pub.port), "%s", port);
-    snprintf(v->pub.usb_serial, sizeof(v->pub.usb_serial), "%s", eng_vfb_config(dev)->serial);
+    const struct eng_vfb_config *cfg = eng_vfb_config(dev);
+    snprintf(v->pub.usb_serial, sizeof(v->pub.usb_serial), "%s",
+             cfg->usb_serial[0] ? cfg->usb_serial : cfg->serial);
     v->pub.vid = 0x18d1; /* the ids a fastboot bootloader commonly shows */
     v->pub.pid = 0x4ee0;
     v->loop = loop;
