@@ -64,6 +64,15 @@ void cfg_step_name(const struct cfg_step *step, char *buf, size_t len)
     case CFG_STEP_SET_ACTIVE:
         snprintf(buf, len, "set_active:%s", step->arg);
         break;
+    case CFG_STEP_DFU_DOWNLOAD:
+        snprintf(buf, len, "dfu-download:%s", step->arg);
+        break;
+    case CFG_STEP_DFU_VERIFY:
+        snprintf(buf, len, "dfu-verify:%s", step->arg);
+        break;
+    case CFG_STEP_DETACH:
+        snprintf(buf, len, "detach");
+        break;
     default:
         snprintf(buf, len, "step?");
         break;

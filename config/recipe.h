@@ -9,6 +9,7 @@
 #ifndef CFG_RECIPE_H
 #define CFG_RECIPE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,10 +28,14 @@ enum cfg_step_kind {
     CFG_STEP_REBOOT_BOOTLOADER, /* reboot-bootloader */
     CFG_STEP_OEM,               /* oem ARGS */
     CFG_STEP_SET_ACTIVE,        /* set_active SLOT */
+    CFG_STEP_DFU_DOWNLOAD,      /* dfu-download ALT IMAGE */
+    CFG_STEP_DFU_VERIFY,        /* dfu-verify ALT IMAGE */
+    CFG_STEP_DETACH,            /* detach */
 };
 
 struct cfg_image {
     char name[CFG_NAME_MAX];  /* referenced by steps */
+    unsigned line;            /* in the recipe file, for messages */
     char path[CFG_PATH_MAX];  /* file path; empty for a generated demo image */
     uint64_t demo_size;       /* generated demo image: bytes (path empty) */
     uint32_t demo_seed;       /* generated demo image: content seed */
@@ -46,11 +51,14 @@ struct cfg_step {
     char alternatives[CFG_MAX_ALTERNATIVES][CFG_NAME_MAX];
     unsigned timeout_ms;      /* 0: the engine's default for this step */
     unsigned retries;         /* transport-error retries (not for FAIL) */
+    unsigned line;            /* in the recipe file, for messages; 0 = built in */
 };
 
 struct cfg_recipe {
     char name[CFG_NAME_MAX];
     char version[CFG_NAME_MAX];
+    char path[CFG_PATH_MAX];  /* the recipe file; empty for the built-in demo */
+    bool allow_raw_dfu;       /* DFU: a .bin without a DFU suffix is allowed */
     unsigned n_images;
     struct cfg_image images[CFG_MAX_IMAGES];
     unsigned n_steps;

@@ -95,139 +95,6 @@ int eng_engine_new(uv_loop_t *loop, const struct eng_options *opts, eng_event_cb
     return 0;
 }
 
-/* ---- images ---- */
-
-static void start_waiting(struct eng_engine *eng);
-
-static void image_loaded(struct eng_image *img, int status, const char *message, void *user_data)
-{
-    struct eng_engine *eng = user_data;
-    eng->n_loading--;
-    eng__pending_done(eng);
-    if (status && !eng->load_failed) {
-        eng->load_failed = true;
-        snprintf(eng->load_msg, sizeof(eng->load_msg), "%s", message);
-    }
-    if (eng->n_loading > 0)
-        return;
-    if (!eng->load_failed) {
-        for (unsigned i = 0; i < eng->recipe.n_images; i++) {
-            struct eng_image *im = eng->images[i];
-            eng->infos[i] = (struct eng_image_info){
-                .name = eng_image_name(im),
-                .path = eng_image_path(im),
-                .sha256 = eng_image_sha256(im),
-                .size = eng_image_size(im),
-            };
-        }
-        eng->loaded = true;
-    }
-    if (eng->load_cb)
-        eng->load_cb(eng->load_failed ? ST_EINVAL : 0, eng->load_failed ? eng->load_msg : "",
-                      eng->load_user_data);
-    if (eng->loaded)
-        start_waiting(eng);
-}
-
-int eng_engine_load(struct eng_engine *eng, const struct cfg_recipe *recipe, eng_load_cb cb,
-                    void *user_data)
-{
-    if (eng->n_loading || eng->loaded || eng->closing)
-        return ST_EBUSY;
-    if (recipe->n_images > CFG_MAX_IMAGES || recipe->n_steps > CFG_MAX_STEPS)
-        return ST_EINVAL;
-    for (unsigned i = 0; i < recipe->n_steps; i++) {
-        const struct cfg_step *st = &recipe->steps[i];
-        if (st->kind == CFG_STEP_FLASH && (st->image < 0 || (unsigned)st->image >= recipe->n_images))
-            return ST_EINVAL;
-    }
-    eng->recipe = *recipe;
-    eng->load_cb = cb;
-    eng->load_user_data = user_data;
-    for (unsigned i = 0; i < recipe->n_images; i++) {
-        int rc = eng_image_open(eng->loop, &eng->recipe.images[i], image_loaded, eng,
-                                &eng->images[i]);
-        if (rc) {
-            /* Those already started still call back; they see load_failed. */
-            eng->load_failed = true;
-            snprintf(eng->load_msg, sizeof(eng->load_msg), "%s: %s", recipe->images[i].name,
-                     st_strerror(rc));
-            eng->recipe.n_images = i;
-            if (i == 0)
-                return rc;
-            break;
-        }
-        eng->n_loading++;
-        eng->pending++;
-    }
-    if (recipe->n_images == 0) {
-        eng->loaded = true;
-        if (cb)
-            cb(0, "", user_data);
-    }
-    return 0;
-}
-
-const struct eng_image_info *eng_engine_images(const struct eng_engine *eng, unsigned *n)
-{
-    *n = eng->loaded ? eng->recipe.n_images : 0;
-    return eng->loaded ? eng->infos : NULL;
-}
-
-/* ---- sparse plans ---- */
-
-struct eng_image *eng__image(struct eng_engine *eng, unsigned i)
-{
-    return eng->images[i];
-}
-
-static void plan_work(uv_work_t *w)
-{
-    struct eng_plan_entry *e = w->data;
-    struct eng_image *img = e->eng->images[e->image];
-    e->status = eng_sparse_plan_new(eng_image_fd(img), eng_image_data(img), eng_image_size(img),
-                                    e->limit, &e->plan, e->message, sizeof(e->message));
-}
-
-static void plan_done(uv_work_t *w, int status)
-{
-    struct eng_plan_entry *e = w->data;
-    struct eng_engine *eng = e->eng;
-    e->done = true;
-    if (status == UV_ECANCELED && e->status == 0 && !e->plan) {
-        e->status = ST_ECANCELED;
-        snprintf(e->message, sizeof(e->message), "cancelled");
-    }
-    for (unsigned i = 0; i < eng->n_slots; i++) {
-        struct eng_session *s = eng->slots[i]->session;
-        if (s && eng__session_waits_for_plan(s, e))
-            eng__session_plan_ready(s, e);
-    }
-    eng__pending_done(eng);
-}
-
-struct eng_plan_entry *eng__plan_get(struct eng_engine *eng, unsigned image, uint64_t limit)
-{
-    for (struct eng_plan_entry *e = eng->plans; e; e = e->next)
-        if (e->image == image && e->limit == limit)
-            return e;
-    struct eng_plan_entry *e = calloc(1, sizeof(*e));
-    if (!e)
-        return NULL;
-    e->eng = eng;
-    e->image = image;
-    e->limit = limit;
-    e->work.data = e;
-    if (uv_queue_work(eng->loop, &e->work, plan_work, plan_done) != 0) {
-        free(e);
-        return NULL;
-    }
-    eng->pending++;
-    e->next = eng->plans;
-    eng->plans = e;
-    return e;
-}
-
 /* ---- slots ---- */
 
 static struct eng_slot *slot_for_port(struct eng_engine *eng, const char *port, bool create)
@@ -275,20 +142,21 @@ static void try_start(struct eng_engine *eng, struct eng_slot *slot)
 {
     if (!slot->t || !slot->present || slot->session || slot->latched != ENG_RESULT_NONE)
         return;
-    if (!eng->loaded || eng->closing)
+    struct eng_profile *prof = eng__profile_for(eng, slot->t);
+    if (!prof || !prof->loaded || eng->closing)
         return;
     if (eng->paused) {
         emit_slot(eng, slot, ENG_EV_WAITING);
         return;
     }
-    int rc = eng__session_start(eng, slot);
+    int rc = eng__session_start(eng, slot, prof);
     if (rc) {
         /* Out of memory for one session: the device waits for a replug. */
         slot->latched = ENG_RESULT_FAIL;
     }
 }
 
-static void start_waiting(struct eng_engine *eng)
+void eng__start_waiting(struct eng_engine *eng)
 {
     for (unsigned i = 0; i < eng->n_slots; i++)
         try_start(eng, eng->slots[i]);
@@ -368,7 +236,7 @@ void eng_engine_pause(struct eng_engine *eng, bool paused)
 {
     eng->paused = paused;
     if (!paused)
-        start_waiting(eng);
+        eng__start_waiting(eng);
 }
 
 unsigned eng_engine_active_sessions(const struct eng_engine *eng)
@@ -399,14 +267,8 @@ void eng_engine_free(struct eng_engine *eng)
 {
     if (!eng)
         return;
-    while (eng->plans) {
-        struct eng_plan_entry *e = eng->plans;
-        eng->plans = e->next;
-        eng_sparse_plan_free(e->plan);
-        free(e);
-    }
-    for (unsigned i = 0; i < eng->recipe.n_images; i++)
-        eng_image_unref(eng->images[i]);
+    for (unsigned i = 0; i < eng->n_profiles; i++)
+        eng__profile_unref(eng->profiles[i]);
     for (unsigned i = 0; i < eng->n_slots; i++)
         free(eng->slots[i]);
     free(eng->slots);

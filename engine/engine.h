@@ -25,11 +25,21 @@
 
 struct eng_engine;
 
+typedef void (*eng_load_cb)(int status, const char *message, void *user_data);
+
 enum eng_result {
     ENG_RESULT_NONE = 0,
     ENG_RESULT_PASS,
     ENG_RESULT_FAIL,
     ENG_RESULT_ABORTED,
+    ENG_RESULT_SKIPPED, /* serial policy: already done, nothing written to the device */
+};
+
+/* The answer to an eng_options.serial_check (see eng_engine_serial_verdict). */
+enum eng_serial_verdict {
+    ENG_SERIAL_PROCEED, /* run the rest of the recipe */
+    ENG_SERIAL_SKIP,    /* end the session SKIPPED; nothing more is sent */
+    ENG_SERIAL_FAIL,    /* end the session FAIL with the given reason */
 };
 
 enum eng_event_type {
@@ -86,19 +96,54 @@ struct eng_options {
     uint64_t min_rate_bps;      /* data steps get reply_timeout + bytes/rate; default 1 MB/s */
     unsigned reenum_timeout_ms; /* wait for a device to come back; default 10000 */
     size_t chunk_size;          /* bytes per data transfer; default 1 MiB */
+    /*
+     * Serial policy hook, or NULL (no check). Called on the loop thread
+     * when the step reading `getvar serialno` has succeeded; the session
+     * then sends nothing more to the device until
+     * eng_engine_serial_verdict() answers for `session_id` (from inside
+     * this callback or any time later: the loop keeps running). The
+     * strings are valid only during the call. `user_data` is the one given
+     * to eng_engine_new(). A session aborted while it waits (station
+     * stopping) ends ABORTED without a verdict; a later verdict for it is
+     * ignored.
+     */
+    void (*serial_check)(struct eng_engine *eng, int64_t session_id, const char *serial,
+                         const char *recipe, const char *version, void *user_data);
 };
 
 /* Create an engine on `loop`. 0 and *out set, or a negative code. */
 int eng_engine_new(uv_loop_t *loop, const struct eng_options *opts, eng_event_cb cb,
                    void *user_data, struct eng_engine **out);
 
+#define ENG_MAX_PROFILES 16
+
+/* Per-profile settings; zero fields take the engine's defaults. */
+struct eng_profile_options {
+    unsigned reply_timeout_ms;
+    uint64_t min_rate_bps;
+    unsigned retries;
+};
+
+/*
+ * Add a profile: a copy of `recipe`, whose images are opened, generated or
+ * hashed (and their pins checked) on the libuv thread pool; `cb` runs once
+ * on the loop thread with 0 or an error and a message naming the image.
+ * Transports choose a profile by index (eng_transport.profile, in the
+ * order added). Sessions on a profile start only after it loaded.
+ * *index (may be NULL) receives the profile's index.
+ */
+int eng_engine_add_profile(struct eng_engine *eng, const char *name,
+                           const struct cfg_recipe *recipe,
+                           const struct eng_profile_options *opts, eng_load_cb cb,
+                           void *user_data, unsigned *index);
+
 /*
  * Take a copy of `recipe`, open every image (mmap, generate demo images)
  * and compute their SHA-256 on the libuv thread pool; pinned hashes are
  * checked. `cb` runs once on the loop thread with 0, or with an error and
  * a message naming the image. Sessions start only after success.
+ * The same as eng_engine_add_profile(eng, "default", recipe, NULL, ...).
  */
-typedef void (*eng_load_cb)(int status, const char *message, void *user_data);
 int eng_engine_load(struct eng_engine *eng, const struct cfg_recipe *recipe, eng_load_cb cb,
                     void *user_data);
 
@@ -110,13 +155,25 @@ void eng_engine_device_arrived(struct eng_engine *eng, struct eng_transport *t);
  * expects a re-enumeration. `t` is closed by the engine afterwards. */
 void eng_engine_device_left(struct eng_engine *eng, struct eng_transport *t);
 
+/*
+ * Answer a serial_check for `session_id`. PROCEED runs the rest of the
+ * recipe; SKIP ends the session ENG_RESULT_SKIPPED with `reason` as its
+ * text ("already passed demo-phone 1.0 on 2026-11-22T10:00:00Z"); FAIL
+ * ends it ENG_RESULT_FAIL with `reason` (copied; may be NULL for SKIP and
+ * PROCEED), the failed step being the serialno step. Ignored when that
+ * session no longer waits for a verdict. Loop thread only; may be called
+ * from inside serial_check or an event callback.
+ */
+void eng_engine_serial_verdict(struct eng_engine *eng, int64_t session_id,
+                               enum eng_serial_verdict v, const char *reason);
+
 /* Stop or resume starting sessions on newly arrived devices. */
 void eng_engine_pause(struct eng_engine *eng, bool paused);
 
 /* Number of sessions running now. */
 unsigned eng_engine_active_sessions(const struct eng_engine *eng);
 
-/* The recipe's images once loaded (NULL before). */
+/* Profile 0's images once loaded (NULL before). */
 const struct eng_image_info *eng_engine_images(const struct eng_engine *eng, unsigned *n);
 
 /* Abort every running session (ENG_EV_SESSION_END with ABORTED), close all

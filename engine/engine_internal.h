@@ -11,9 +11,12 @@
 
 struct eng_session;
 
+struct eng_profile;
+
 /* A sparse split, planned once per (image, limit) and shared. */
 struct eng_plan_entry {
     struct eng_engine *eng;
+    struct eng_profile *prof;
     unsigned image;
     uint64_t limit;
     bool done;
@@ -33,12 +36,17 @@ struct eng_slot {
     enum eng_result latched;     /* last result, until the device leaves */
 };
 
-struct eng_engine {
-    uv_loop_t *loop;
-    struct eng_options opts;
-    eng_event_cb cb;
-    void *user_data;
-    /* recipe and its images */
+/*
+ * A profile: a recipe with its images (opened once, shared by every
+ * session) and its sparse plans. Reference-counted: the engine holds one
+ * reference while the profile is current, each session one while it runs,
+ * so a reloaded configuration never pulls images from under a session.
+ */
+struct eng_profile {
+    struct eng_engine *eng;
+    unsigned refs;
+    char name[CFG_NAME_MAX];
+    struct eng_profile_options opts;
     struct cfg_recipe recipe;
     struct eng_image *images[CFG_MAX_IMAGES];
     struct eng_image_info infos[CFG_MAX_IMAGES];
@@ -48,6 +56,16 @@ struct eng_engine {
     void *load_user_data;
     char load_msg[CFG_PATH_MAX + 200];
     struct eng_plan_entry *plans;
+};
+
+struct eng_engine {
+    uv_loop_t *loop;
+    struct eng_options opts;
+    eng_event_cb cb;
+    void *user_data;
+    /* profiles: transports name theirs by index (eng_transport.profile) */
+    struct eng_profile *profiles[ENG_MAX_PROFILES];
+    unsigned n_profiles;
     /* slots */
     struct eng_slot **slots;
     unsigned n_slots, cap_slots;
@@ -63,7 +81,7 @@ struct eng_engine {
 };
 
 /* session.c */
-int eng__session_start(struct eng_engine *eng, struct eng_slot *slot);
+int eng__session_start(struct eng_engine *eng, struct eng_slot *slot, struct eng_profile *prof);
 void eng__session_device_left(struct eng_session *s);
 void eng__session_device_back(struct eng_session *s);
 void eng__session_abort(struct eng_session *s);
@@ -76,10 +94,17 @@ void eng__emit(struct eng_engine *eng, struct eng_event *ev);
 void eng__session_freed(struct eng_engine *eng, struct eng_slot *slot, enum eng_result result);
 void eng__pending_done(struct eng_engine *eng);
 void eng__close_transport(struct eng_engine *eng, struct eng_slot *slot);
-/* The plan for (image, limit): returns the entry (maybe not done yet: the
- * session is then resumed through eng__session_plan_ready), or NULL when
- * out of memory. */
-struct eng_plan_entry *eng__plan_get(struct eng_engine *eng, unsigned image, uint64_t limit);
-struct eng_image *eng__image(struct eng_engine *eng, unsigned i);
+/* profile.c. The plan for (image, limit): returns the entry (maybe not
+ * done yet: the session is then resumed through eng__session_plan_ready),
+ * or NULL when out of memory. */
+struct eng_plan_entry *eng__plan_get(struct eng_profile *prof, unsigned image, uint64_t limit);
+struct eng_image *eng__image(struct eng_profile *prof, unsigned i);
+void eng__profile_ref(struct eng_profile *prof);
+void eng__profile_unref(struct eng_profile *prof);
+/* The profile for a device arriving on `t`, or NULL (none loaded). */
+struct eng_profile *eng__profile_for(struct eng_engine *eng, const struct eng_transport *t);
+bool eng__any_profile_loaded(const struct eng_engine *eng);
+/* A profile finished loading: start sessions that waited for it. */
+void eng__start_waiting(struct eng_engine *eng);
 
 #endif

@@ -20,11 +20,13 @@
 enum session_phase {
     PH_RUNNING,
     PH_WAIT_DEVICE, /* the device left to re-enumerate; waiting on the same slot */
+    PH_WAIT_VERDICT, /* serialno read; waiting for eng_engine_serial_verdict() */
     PH_ENDING,      /* result known, driver closing */
 };
 
 struct eng_session {
     struct eng_engine *eng;
+    struct eng_profile *prof;  /* referenced while the session lives */
     struct eng_slot *slot;
     struct eng_fb *fb;
     int64_t id;
@@ -58,7 +60,7 @@ static void run_step(struct eng_session *s);
 
 static void fill_event(struct eng_session *s, struct eng_event *ev, enum eng_event_type type)
 {
-    const struct cfg_recipe *r = &s->eng->recipe;
+    const struct cfg_recipe *r = &s->prof->recipe;
     memset(ev, 0, sizeof(*ev));
     ev->type = type;
     ev->session_id = s->id;
@@ -76,24 +78,28 @@ static void fill_event(struct eng_session *s, struct eng_event *ev, enum eng_eve
     ev->recipe = r->name;
     ev->recipe_version = r->version;
     ev->n_images = r->n_images;
-    ev->images = s->eng->infos;
+    ev->images = s->prof->infos;
 }
 
 static const struct cfg_step *cur(const struct eng_session *s)
 {
-    return &s->eng->recipe.steps[s->step];
+    return &s->prof->recipe.steps[s->step];
 }
 
 static unsigned reply_timeout(const struct eng_session *s)
 {
     unsigned t = cur(s)->timeout_ms;
+    if (!t)
+        t = s->prof->opts.reply_timeout_ms;
     return t ? t : s->eng->opts.reply_timeout_ms;
 }
 
 /* A data step's limit: the base plus its bytes at the minimum rate. */
 static unsigned data_timeout(const struct eng_session *s, uint64_t bytes)
 {
-    uint64_t ms = reply_timeout(s) + bytes * 1000 / s->eng->opts.min_rate_bps;
+    uint64_t rate = s->prof->opts.min_rate_bps ? s->prof->opts.min_rate_bps
+                                               : s->eng->opts.min_rate_bps;
+    uint64_t ms = reply_timeout(s) + bytes * 1000 / rate;
     return ms > 0x7fffffff ? 0x7fffffff : (unsigned)ms;
 }
 
@@ -103,6 +109,7 @@ static void wait_timer_closed(uv_handle_t *h)
     struct eng_engine *eng = s->eng;
     struct eng_slot *slot = s->slot;
     enum eng_result result = s->result;
+    eng__profile_unref(s->prof);
     free(s);
     eng__session_freed(eng, slot, result);
 }
@@ -124,7 +131,8 @@ static void session_end(struct eng_session *s, enum eng_result result)
     uv_timer_stop(&s->wait_timer);
     fill_event(s, &ev, ENG_EV_SESSION_END);
     ev.result = result;
-    ev.failed_step = result == ENG_RESULT_PASS ? NULL : s->failed_step;
+    ev.failed_step =
+        result == ENG_RESULT_PASS || result == ENG_RESULT_SKIPPED ? NULL : s->failed_step;
     ev.text = result == ENG_RESULT_PASS ? "" : s->reason;
     ev.bytes_done = s->bytes;
     eng__emit(s->eng, &ev);
@@ -254,7 +262,47 @@ static void on_getvar_done(struct eng_fb *fb, int status, const char *text, void
         step_fail(s, "wrong %s: %s (recipe needs %s)", st->arg, text, want);
         return;
     }
+    if (!strcmp(st->arg, "serialno") && s->eng->opts.serial_check) {
+        /* The step is done; the serial policy decides whether the rest
+         * runs. Nothing is sent until eng_engine_serial_verdict(). */
+        end_step(s, ENG_RESULT_PASS, text);
+        s->step++;
+        s->phase = PH_WAIT_VERDICT;
+        s->eng->opts.serial_check(s->eng, s->id, s->serial, s->prof->recipe.name,
+                                  s->prof->recipe.version, s->eng->user_data);
+        return; /* the verdict may already have ended the session */
+    }
     step_ok(s, text);
+}
+
+void eng_engine_serial_verdict(struct eng_engine *eng, int64_t session_id,
+                               enum eng_serial_verdict v, const char *reason)
+{
+    struct eng_session *s = NULL;
+
+    for (unsigned i = 0; i < eng->n_slots && !s; i++) {
+        struct eng_session *c = eng->slots[i]->session;
+        if (c && c->id == session_id)
+            s = c;
+    }
+    if (!s || s->phase != PH_WAIT_VERDICT)
+        return;
+    s->phase = PH_RUNNING;
+    switch (v) {
+    case ENG_SERIAL_PROCEED:
+        run_step(s);
+        break;
+    case ENG_SERIAL_SKIP:
+        snprintf(s->reason, sizeof(s->reason), "%s", reason ? reason : "already done");
+        session_end(s, ENG_RESULT_SKIPPED);
+        break;
+    case ENG_SERIAL_FAIL:
+        /* step_name still names the serialno step: no step has begun since. */
+        snprintf(s->failed_step, sizeof(s->failed_step), "%s", s->step_name);
+        snprintf(s->reason, sizeof(s->reason), "%s", reason ? reason : "serial refused");
+        session_end(s, ENG_RESULT_FAIL);
+        break;
+    }
 }
 
 /* ---- flash PART IMAGE: the client's sequence (shared/notes/fastboot.md):
@@ -279,7 +327,7 @@ static void flash_next(struct eng_session *s);
 
 static struct eng_image *step_image(struct eng_session *s)
 {
-    return eng__image(s->eng, (unsigned)cur(s)->image);
+    return eng__image(s->prof, (unsigned)cur(s)->image);
 }
 
 static void set_qual(struct eng_session *s)
@@ -367,7 +415,7 @@ static void flash_plan(struct eng_session *s)
         return;
     }
     uint64_t limit = eng_sparse_piece_limit(s->max_download);
-    struct eng_plan_entry *e = eng__plan_get(s->eng, (unsigned)cur(s)->image, limit);
+    struct eng_plan_entry *e = eng__plan_get(s->prof, (unsigned)cur(s)->image, limit);
     if (!e) {
         step_fail(s, "split: out of memory");
         return;
@@ -495,7 +543,7 @@ static void begin_step(struct eng_session *s)
 
 static void run_step(struct eng_session *s)
 {
-    const struct cfg_recipe *r = &s->eng->recipe;
+    const struct cfg_recipe *r = &s->prof->recipe;
     char cmd[ENG_FB_COMMAND_MAX + 1];
     int rc = 0;
     if (s->eng->closing) {
@@ -536,6 +584,11 @@ static void run_step(struct eng_session *s)
         snprintf(cmd, sizeof(cmd), "set_active:%s", st->arg);
         rc = eng_fb_command(s->fb, cmd, reply_timeout(s), on_simple_done, s);
         break;
+    case CFG_STEP_DFU_DOWNLOAD:
+    case CFG_STEP_DFU_VERIFY:
+    case CFG_STEP_DETACH:
+        step_fail(s, "a DFU step cannot run on a fastboot device");
+        return;
     }
     if (rc == ST_ENODEV)
         step_fail(s, "device disconnected");
@@ -549,13 +602,14 @@ static int make_driver(struct eng_session *s)
     return eng_fb_new(s->eng->loop, s->slot->t, &hooks, s->eng->opts.chunk_size, &s->fb);
 }
 
-int eng__session_start(struct eng_engine *eng, struct eng_slot *slot)
+int eng__session_start(struct eng_engine *eng, struct eng_slot *slot, struct eng_profile *prof)
 {
     struct eng_event ev;
     struct eng_session *s = calloc(1, sizeof(*s));
     if (!s)
         return ST_ENOMEM;
     s->eng = eng;
+    s->prof = prof;
     s->slot = slot;
     s->id = eng->next_session_id++;
     s->started_ms = eng_now_ms();
@@ -566,6 +620,7 @@ int eng__session_start(struct eng_engine *eng, struct eng_slot *slot)
     }
     uv_timer_init(eng->loop, &s->wait_timer);
     s->wait_timer.data = s;
+    eng__profile_ref(prof);
     slot->session = s;
     eng->active++;
     fill_event(s, &ev, ENG_EV_SESSION_BEGIN);
@@ -625,6 +680,13 @@ void eng__session_abort(struct eng_session *s)
 {
     if (s->phase == PH_ENDING)
         return;
+    if (s->phase == PH_WAIT_VERDICT) {
+        /* No command in flight and the serialno step already recorded. */
+        snprintf(s->failed_step, sizeof(s->failed_step), "%s", s->step_name);
+        snprintf(s->reason, sizeof(s->reason), "station stopped during %s", s->step_name);
+        session_end(s, ENG_RESULT_ABORTED);
+        return;
+    }
     if (s->fb && eng_fb_busy(s->fb)) {
         eng_fb_abort(s->fb, ST_ECANCELED, "station stopped");
         return;

@@ -61,6 +61,7 @@ struct eng_transport {
     char port[64];           /* port path ("1-4.2.3"), "tcp:HOST:PORT" or "virt-07" */
     char usb_serial[64];     /* iSerial or equivalent identity, may be empty */
     uint16_t vid, pid;
+    unsigned profile;        /* the engine profile this device uses (set by its source) */
 };
 
 static inline int eng_transport_submit(struct eng_transport *t, struct eng_xfer *x)
