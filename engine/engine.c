@@ -232,6 +232,20 @@ void eng__session_freed(struct eng_engine *eng, struct eng_slot *slot, enum eng_
     maybe_closed(eng);
 }
 
+void eng_engine_device_error(struct eng_engine *eng, const char *port, const char *message)
+{
+    struct eng_slot *slot = slot_for_port(eng, port, true);
+    struct eng_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.type = ENG_EV_DEVICE_ERROR;
+    ev.slot = slot ? slot->name : port;
+    ev.port = port;
+    ev.usb_serial = ev.serial = ev.product = ev.step = "";
+    ev.text = message;
+    ev.result = ENG_RESULT_FAIL;
+    eng__emit(eng, &ev);
+}
+
 void eng_engine_pause(struct eng_engine *eng, bool paused)
 {
     eng->paused = paused;

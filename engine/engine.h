@@ -52,6 +52,7 @@ enum eng_event_type {
     ENG_EV_SESSION_END,   /* result, failed step, reason, serial, product */
     ENG_EV_LEFT,          /* the device left the slot */
     ENG_EV_WAITING,       /* a device waits: intake paused */
+    ENG_EV_DEVICE_ERROR,  /* a device on a slot cannot be used: text says why */
 };
 
 struct eng_image_info {
@@ -166,6 +167,10 @@ void eng_engine_device_left(struct eng_engine *eng, struct eng_transport *t);
  */
 void eng_engine_serial_verdict(struct eng_engine *eng, int64_t session_id,
                                enum eng_serial_verdict v, const char *reason);
+
+/* A device on `port` could not be opened or read (text says why and what
+ * to do); reported as ENG_EV_DEVICE_ERROR on that port's slot. */
+void eng_engine_device_error(struct eng_engine *eng, const char *port, const char *message);
 
 /* Stop or resume starting sessions on newly arrived devices. */
 void eng_engine_pause(struct eng_engine *eng, bool paused);

@@ -50,6 +50,7 @@ struct eng_fb {
     char msg[320];
     /* closing */
     bool closing, timer_closing;
+    unsigned op; /* bumped by start(): tells a hook's caller the operation changed */
     void (*close_cb)(void *user_data);
     void *close_user_data;
 };
@@ -210,8 +211,11 @@ static void on_reply(struct eng_fb *fb, size_t n)
     }
     const char *text = fb->reply + 4;
     if (!memcmp(fb->reply, "INFO", 4) || !memcmp(fb->reply, "TEXT", 4)) {
+        unsigned op = fb->op;
         if (fb->hooks.info)
             fb->hooks.info(fb, text, fb->hooks.user_data);
+        if (fb->op != op || fb->state == FB_IDLE)
+            return; /* the hook ended the operation */
         /* A device that reports progress is alive: give it the full time again. */
         uv_timer_again(&fb->timer);
         read_reply(fb);
@@ -282,8 +286,12 @@ static void xfer_done(struct eng_xfer *x)
         on_reply(fb, x->actual);
         break;
     case FB_SEND_DATA:
-        if (fb->hooks.progress)
+        if (fb->hooks.progress) {
+            unsigned op = fb->op;
             fb->hooks.progress(fb, fb->data_sent, fb->data_len, fb->hooks.user_data);
+            if (fb->op != op || fb->state == FB_IDLE)
+                return; /* the hook ended the operation */
+        }
         if (x->actual != x->len) {
             finishf(fb, ST_EPROTO, "short transfer after %" PRIu64 " of %" PRIu64 " bytes",
                     fb->data_sent, fb->data_len);
@@ -351,6 +359,7 @@ static int start(struct eng_fb *fb, const char *cmd, unsigned timeout_ms, eng_fb
     if (len == 0 || len > ENG_FB_COMMAND_MAX || !cb)
         return ST_EINVAL;
     memcpy(fb->cmd, cmd, len + 1);
+    fb->op++;
     fb->cb = cb;
     fb->user_data = user_data;
     fb->timeout_ms = timeout_ms ? timeout_ms : 5000;
@@ -370,6 +379,10 @@ static int start(struct eng_fb *fb, const char *cmd, unsigned timeout_ms, eng_fb
 int eng_fb_command(struct eng_fb *fb, const char *cmd, unsigned timeout_ms, eng_fb_done_cb cb,
                    void *user_data)
 {
+    if (fb->closing)
+        return ST_ECLOSED;
+    if (fb->state != FB_IDLE)
+        return ST_EBUSY;
     fb->download = false;
     fb->data_done = false;
     return start(fb, cmd, timeout_ms, cb, user_data);
@@ -380,11 +393,15 @@ int eng_fb_download_iov(struct eng_fb *fb, const struct eng_iov *iov, unsigned n
 {
     char cmd[32];
     uint64_t sum = 0;
+    if (fb->closing)
+        return ST_ECLOSED;
     if (fb->state != FB_IDLE)
         return ST_EBUSY;
+    if (!iov)
+        return ST_EINVAL;
     for (unsigned i = 0; i < n; i++)
         sum += iov[i].len;
-    if (total == 0 || total > 0xffffffffu || !iov || sum != total)
+    if (total == 0 || total > 0xffffffffu || sum != total)
         return ST_EINVAL;
     snprintf(cmd, sizeof(cmd), "download:%08" PRIx64, total);
     fb->download = true;
@@ -433,7 +450,8 @@ void eng_fb_close(struct eng_fb *fb, void (*cb)(void *user_data), void *user_dat
     fb->close_cb = cb;
     fb->close_user_data = user_data;
     if (fb->state != FB_IDLE) {
-        snprintf(fb->msg, sizeof(fb->msg), "cancelled");
+        if (!fb->ending)
+            snprintf(fb->msg, sizeof(fb->msg), "cancelled");
         end_with(fb, ST_ECANCELED);
         return; /* finish() closes the timer */
     }

@@ -7,7 +7,8 @@
  * eng_fb_download() sends "download:%08x", checks the DATA reply, streams
  * the bytes from the caller's buffer (never copied) and waits for OKAY.
  * Every operation has a time limit; on expiry the transfer in flight is
- * cancelled and the operation ends with ST_ETIMEDOUT.
+ * cancelled and the operation ends with ST_ETIMEDOUT. An INFO line
+ * restarts the limit: a device that reports progress is alive.
  *
  * The completion callback runs exactly once for an operation whose start
  * returned 0, on the loop thread; `text` is the OKAY payload on success or

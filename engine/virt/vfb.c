@@ -36,7 +36,7 @@ struct eng_vfb {
     uint64_t staged_size, staged_hash;
     uint8_t *staged_data; /* keep_data: the download's bytes */
     bool staged_sparse;   /* the download starts with the sparse magic */
-    uint8_t first[4];     /* first bytes of the download */
+    uint8_t first[28];    /* first bytes of the download (a sparse header) */
     /* state */
     bool silent, gone, reenumerate;
     uint64_t bytes_total;
@@ -49,7 +49,7 @@ struct eng_vfb {
 static void push_reply_bytes(struct eng_vfb *d, const void *bytes, size_t len)
 {
     if (d->count == REPLY_QUEUE)
-        return; /* a host that never reads loses the oldest news: drop new */
+        return; /* a host that never reads: newer replies are dropped */
     struct reply *r = &d->replies[(d->head + d->count) % REPLY_QUEUE];
     if (len > sizeof(r->bytes))
         len = sizeof(r->bytes);
@@ -266,8 +266,10 @@ static void do_command(struct eng_vfb *d, const char *cmd)
             push_reply(d, "FAIL", "too many partitions");
         else if (d->staged_sparse) {
             char err[120];
-            if (eng_vfb_apply_sparse(p, d->staged_data, d->staged_size, d->cfg.keep_data, err,
-                                     sizeof(err)) != 0) {
+            /* without keep_data only the header (first[]) was kept */
+            if (eng_vfb_apply_sparse(p, d->staged_data ? d->staged_data : d->first,
+                                     d->staged_data ? d->staged_size : sizeof(d->first),
+                                     d->cfg.keep_data, err, sizeof(err)) != 0) {
                 push_reply(d, "FAIL", "%s", err);
                 return;
             }
@@ -348,7 +350,7 @@ int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *
         XXH3_64bits_update(d->hash, data, take);
         if (d->staged_data)
             memcpy(d->staged_data + d->data_got, data, take);
-        for (uint64_t i = d->data_got; i < 4 && i - d->data_got < take; i++)
+        for (uint64_t i = d->data_got; i < sizeof(d->first) && i - d->data_got < take; i++)
             d->first[i] = ((const uint8_t *)data)[i - d->data_got];
         d->data_got += take;
         d->bytes_total += take;
@@ -465,6 +467,17 @@ int eng_vfb_apply_sparse(struct eng_vfb_part *part, const uint8_t *buf, uint64_t
         return ST_EPROTO;
     }
     uint64_t size = (uint64_t)total_blks * bs;
+    if (!keep) {
+        /* Only the header is known: record the size, not the chunks. */
+        part->size = size;
+        part->hash = 0;
+        part->erased = false;
+        if (!part->sparse)
+            part->pieces = 0;
+        part->sparse = true;
+        part->pieces++;
+        return 0;
+    }
     if (keep && size > (1ull << 32)) {
         snprintf(err, errlen, "sparse image too large for the virtual device");
         return ST_EPROTO;
