@@ -65,6 +65,40 @@ static const char *const migrations[] = {
     "CREATE INDEX sessions_serial ON sessions(serial);"
     "CREATE INDEX sessions_slot_started ON sessions(slot, started_ms);"
     "CREATE INDEX sessions_started ON sessions(started_ms);",
+
+    /* 1 -> 2: result 'SKIPPED' (serial policy). A CHECK constraint cannot
+     * be altered, so the table is rebuilt the way SQLite documents it
+     * (https://sqlite.org/lang_altertable.html#otheralter): new table,
+     * copy, drop, rename, indexes again. Foreign keys are off while this
+     * runs (db_open turns them on after COMMIT) and checked before it. */
+    "CREATE TABLE sessions_v2 ("
+    "  id INTEGER PRIMARY KEY,"
+    "  station TEXT,"
+    "  slot TEXT NOT NULL,"
+    "  port TEXT,"
+    "  usb_serial TEXT,"
+    "  serial TEXT,"
+    "  product TEXT,"
+    "  recipe TEXT,"
+    "  recipe_version TEXT,"
+    "  started_ms INTEGER NOT NULL,"
+    "  ended_ms INTEGER,"
+    "  result TEXT CHECK(result IN ('PASS','FAIL','ABORTED','SKIPPED')),"
+    "  failed_step TEXT,"
+    "  reason TEXT,"
+    "  bytes INTEGER NOT NULL DEFAULT 0,"
+    "  last_step TEXT);"
+    "INSERT INTO sessions_v2(id, station, slot, port, usb_serial, serial, product, recipe,"
+    "  recipe_version, started_ms, ended_ms, result, failed_step, reason, bytes, last_step)"
+    " SELECT id, station, slot, port, usb_serial, serial, product, recipe, recipe_version,"
+    "  started_ms, ended_ms, result, failed_step, reason, bytes, last_step FROM sessions;"
+    "DROP TABLE sessions;"
+    "ALTER TABLE sessions_v2 RENAME TO sessions;"
+    "CREATE INDEX sessions_serial ON sessions(serial);"
+    "CREATE INDEX sessions_slot_started ON sessions(slot, started_ms);"
+    "CREATE INDEX sessions_started ON sessions(started_ms);"
+    /* history SERIAL also matches the USB iSerial */
+    "CREATE INDEX sessions_usb_serial ON sessions(usb_serial);",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == DB_SCHEMA_VERSION,
@@ -169,7 +203,7 @@ static int set_pragmas(struct db *db, char *errbuf, size_t errlen)
     const char *mode;
     int rc;
 
-    rc = sqlite3_busy_timeout(db->conn, 5000);
+    rc = sqlite3_busy_timeout(db->conn, (int)db->busy_ms);
     if (rc != SQLITE_OK)
         goto out_err;
     rc = sqlite3_prepare_v2(db->conn, "PRAGMA journal_mode=WAL", -1, &st, NULL);
@@ -186,7 +220,9 @@ static int set_pragmas(struct db *db, char *errbuf, size_t errlen)
         rc = ST_EDB;
         goto out;
     }
-    rc = sqlite3_exec(db->conn, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON", NULL, NULL,
+    /* Foreign keys stay off until the migrations are done: a table
+     * rebuild drops a parent table (see migrations[1]). */
+    rc = sqlite3_exec(db->conn, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF", NULL, NULL,
                       NULL);
     if (rc != SQLITE_OK)
         goto out_err;
@@ -227,6 +263,28 @@ out:
     return rc;
 }
 
+/* After a rebuild: a row of a child table whose session is gone makes
+ * the migration fail rather than commit. Returns an SQLite code, or
+ * SQLITE_CONSTRAINT with the message in errbuf. */
+static int foreign_key_check(struct db *db, char *errbuf, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    rc = sqlite3_prepare_v2(db->conn, "PRAGMA foreign_key_check", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && errbuf && errlen)
+        snprintf(errbuf, errlen, "cannot migrate database %s: table %s has rows without their %s",
+                 db->path, (const char *)sqlite3_column_text(st, 0),
+                 (const char *)sqlite3_column_text(st, 2));
+    sqlite3_finalize(st);
+    if (rc == SQLITE_DONE)
+        return SQLITE_OK;
+    return rc == SQLITE_ROW ? SQLITE_CONSTRAINT : rc;
+}
+
 /* Migrate, recover and read the next id in one write transaction. Taking
  * the write lock even when there is nothing to change makes a read-only
  * file or directory fail here, at open, rather than at the first commit. */
@@ -252,6 +310,15 @@ static int migrate_and_recover(struct db *db, char *errbuf, size_t errlen)
             goto out_rollback;
     }
     if (version != DB_SCHEMA_VERSION) {
+        if (version > 0) {
+            rc = foreign_key_check(db, errbuf, errlen);
+            if (rc == SQLITE_CONSTRAINT) {
+                sqlite3_exec(db->conn, "ROLLBACK", NULL, NULL, NULL);
+                return ST_EDB;
+            }
+            if (rc != SQLITE_OK)
+                goto out_rollback;
+        }
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d", DB_SCHEMA_VERSION);
         rc = sqlite3_exec(db->conn, sql, NULL, NULL, NULL);
         if (rc != SQLITE_OK)
@@ -270,6 +337,9 @@ static int migrate_and_recover(struct db *db, char *errbuf, size_t errlen)
     rc = sqlite3_exec(db->conn, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         goto out_rollback;
+    rc = sqlite3_exec(db->conn, "PRAGMA foreign_keys=ON", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto out_err;
     return 0;
 out_rollback:
     /* Format before ROLLBACK, which would replace sqlite's message. */
@@ -308,6 +378,7 @@ int db_open(const char *path, struct db **out, char *errbuf, size_t errlen)
     db->done_tail = &db->done;
     db->fail_node.kind = DB__REQ_ERROR;
     db->wstate = DB__W_IDLE;
+    db->busy_ms = 5000;
 
     /* FULLMUTEX although only one thread uses the connection at a time:
      * it is handed from the loop thread to the writer, and the cost of an
@@ -351,6 +422,14 @@ out_nomem:
     if (errbuf && errlen)
         snprintf(errbuf, errlen, "cannot open database %s: out of memory", path);
     return ST_ENOMEM;
+}
+
+int db_set_busy_timeout(struct db *db, unsigned ms)
+{
+    if (!db || db->wstate != DB__W_IDLE || ms > INT32_MAX)
+        return ST_EINVAL;
+    db->busy_ms = ms;
+    return sqlite3_busy_timeout(db->conn, (int)ms) == SQLITE_OK ? 0 : ST_EDB;
 }
 
 unsigned db_recovered_count(const struct db *db)

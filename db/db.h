@@ -23,8 +23,10 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* Latest schema version (PRAGMA user_version). */
-#define DB_SCHEMA_VERSION 1
+/* Latest schema version (PRAGMA user_version). 1: the first schema;
+ * 2: sessions.result may also be 'SKIPPED' (serial policy), index on
+ * sessions.usb_serial. */
+#define DB_SCHEMA_VERSION 2
 
 struct db;
 
@@ -64,7 +66,8 @@ struct db_session_end {
     const char *serial;    /* getvar serialno (or the best identity), may be NULL */
     const char *product;   /* may be NULL */
     int64_t ended_ms;
-    const char *result;    /* "PASS", "FAIL" or "ABORTED" */
+    const char *result;    /* "PASS", "FAIL", "ABORTED" or "SKIPPED" (serial policy:
+                            * nothing was written to the device) */
     const char *failed_step; /* may be NULL */
     const char *reason;    /* may be NULL */
     uint64_t bytes;
@@ -75,8 +78,14 @@ struct db_session_end {
 typedef void (*db_commit_cb)(int status, void *user_data);
 
 /* Called on the loop thread when the writer fails; `message` names the
- * failing call and SQLite's message. */
+ * failing call and SQLite's message ("DB ERROR: COMMIT: database or disk
+ * is full (No space left on device)"). */
 typedef void (*db_error_cb)(const char *message, void *user_data);
+
+/* The answer of db_find_pass(), on the loop thread: status 0 and
+ * passed_ms > 0 (the end of the latest PASS) or 0 (none), or status
+ * ST_EDB when the writer failed before or while answering. */
+typedef void (*db_find_pass_cb)(int status, int64_t passed_ms, void *user_data);
 
 /*
  * Open (creating if needed) the database at `path`, migrate it to
@@ -86,6 +95,11 @@ typedef void (*db_error_cb)(const char *message, void *user_data);
  * message naming the path into errbuf.
  */
 int db_open(const char *path, struct db **out, char *errbuf, size_t errlen);
+
+/* How long a write waits for another process's lock before it fails
+ * with "database is locked" (default 5000 ms). Call before
+ * db_writer_start(); returns 0 or ST_EINVAL after it. */
+int db_set_busy_timeout(struct db *db, unsigned ms);
 
 /* Number of sessions db_open() closed as ABORTED. */
 unsigned db_recovered_count(const struct db *db);
@@ -103,11 +117,24 @@ int db_writer_start(struct db *db, uv_loop_t *loop, db_error_cb on_error, void *
  * (ST_ECLOSED after db_writer_stop, ST_EDB once the writer has failed,
  * ST_EINVAL before db_writer_start or for a request the schema would
  * reject: an id below the first db_next_session_id(), a NULL slot or step name,
- * a result other than "PASS", "FAIL" or "ABORTED"). A step row also
- * becomes its session's last_step, which recovery names. */
+ * a result other than "PASS", "FAIL" or "ABORTED", or "SKIPPED" for a
+ * session end). A step row also becomes its session's last_step, which
+ * recovery names. */
 int db_session_begin(struct db *db, const struct db_session_begin *s);
 int db_step(struct db *db, const struct db_step *s);
 int db_session_end(struct db *db, const struct db_session_end *s, db_commit_cb cb, void *user_data);
+
+/*
+ * Ask, through the writer thread (the loop thread never runs SQL), when
+ * `serial` last PASSED the recipe `recipe` `version` in this database.
+ * The lookup is queued behind every write enqueued before it and runs
+ * after their commit, so it sees them. Strings are copied. Returns 0 and
+ * then `cb` runs exactly once on the loop thread (also while stopping:
+ * the drain answers it), or a negative code (the enqueue errors above)
+ * and `cb` never runs.
+ */
+int db_find_pass(struct db *db, const char *serial, const char *recipe, const char *version,
+                 db_find_pass_cb cb, void *user_data);
 
 /* Drain every queued write, join the thread and close the async handle;
  * `cb` runs on the loop thread after that (pending commit callbacks run

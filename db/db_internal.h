@@ -28,23 +28,33 @@ enum db__stmt {
     DB__ST_INS_STEP,
     DB__ST_UPD_LAST_STEP,
     DB__ST_UPD_END,
+    DB__ST_FIND_PASS,
     DB__ST_COUNT
 };
 
-enum db__req_kind { DB__REQ_BEGIN, DB__REQ_STEP, DB__REQ_END, DB__REQ_ERROR };
+/* BEGIN, STEP and END are written in the batch's transaction; FIND is a
+ * read (db_find_pass) answered after that transaction has committed. */
+enum db__req_kind { DB__REQ_BEGIN, DB__REQ_STEP, DB__REQ_END, DB__REQ_FIND, DB__REQ_ERROR };
+
+struct db__find {
+    const char *serial, *recipe, *version;
+    db_find_pass_cb cb;
+    int64_t passed_ms; /* the answer, set by the writer */
+};
 
 /* One queued write. Every string it points to lives in the same
  * allocation, right after the struct, so a request is one malloc/free. */
 struct db__req {
     struct db__req *next;
     enum db__req_kind kind;
-    int status;         /* DB__REQ_END on the done list: 0 or ST_EDB */
+    int status;         /* END and FIND on the done list: 0 or ST_EDB */
     db_commit_cb cb;    /* DB__REQ_END only */
     void *cb_data;
     union {
         struct db_session_begin begin;
         struct db_step step;
         struct db_session_end end;
+        struct db__find find;
     } u;
 };
 
@@ -58,6 +68,7 @@ struct db {
     unsigned recovered;
     int64_t next_id;
     int64_t first_free_id; /* ids from here up were unused at open */
+    unsigned busy_ms;      /* sqlite3_busy_timeout of the connection */
 
     /* loop */
     enum db__wstate wstate;

@@ -16,6 +16,8 @@
 #include "st_error.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +49,10 @@ static const struct {
     [DB__ST_UPD_END] = {"UPDATE sessions (end)",
                         "UPDATE sessions SET serial = ?, product = ?, ended_ms = ?, result = ?,"
                         " failed_step = ?, reason = ?, bytes = ? WHERE id = ?"},
+    /* The serial policy's question; uses the index on serial. */
+    [DB__ST_FIND_PASS] = {"SELECT passed session",
+                          "SELECT MAX(ended_ms) FROM sessions WHERE serial = ? AND result = 'PASS'"
+                          " AND recipe IS ? AND recipe_version IS ?"},
 };
 
 /* ---- writer thread ------------------------------------------------------ */
@@ -84,24 +90,83 @@ static void bind_int(struct bind *b, int64_t v)
     b->rc = sqlite3_bind_int64(b->db->stmts[b->which], b->idx, v);
 }
 
+/* Which operation an SQLITE_IOERR_* code names, or NULL. */
+static const char *ioerr_op(int ext)
+{
+    switch (ext) {
+    case SQLITE_IOERR_READ:
+    case SQLITE_IOERR_SHORT_READ:
+        return "read";
+    case SQLITE_IOERR_WRITE:
+        return "write";
+    case SQLITE_IOERR_FSYNC:
+    case SQLITE_IOERR_DIR_FSYNC:
+        return "fsync";
+    case SQLITE_IOERR_TRUNCATE:
+        return "truncate";
+    case SQLITE_IOERR_SHMOPEN:
+    case SQLITE_IOERR_SHMSIZE:
+    case SQLITE_IOERR_SHMMAP:
+        return "shared memory";
+    default:
+        return NULL;
+    }
+}
+
+/* "DB ERROR: COMMIT: database or disk is full (No space left on device)",
+ * "DB ERROR: COMMIT: disk I/O error (write: Operation not permitted)": the
+ * call, SQLite's message, and what the OS said. SQLite does not keep the
+ * errno of a failed WAL write (sqlite3_system_errno() is 0 then), so the
+ * caller passes errno as it was right after the failing step. */
+static void fail_message(struct db *db, enum db__stmt which, int saved_errno, char *msg,
+                         size_t len)
+{
+    int ext = sqlite3_extended_errcode(db->conn);
+    int rc = ext & 0xff;
+    int sys = sqlite3_system_errno(db->conn);
+    const char *op = rc == SQLITE_IOERR ? ioerr_op(ext) : NULL;
+    bool os = rc == SQLITE_IOERR || rc == SQLITE_FULL || rc == SQLITE_CANTOPEN;
+
+    if (os && sys <= 0)
+        sys = saved_errno;
+    if (os && sys > 0)
+        snprintf(msg, len, "DB ERROR: %s: %s (%s%s%s)", stmt_defs[which].what,
+                 sqlite3_errmsg(db->conn), op ? op : "", op ? ": " : "", strerror(sys));
+    else if (op)
+        snprintf(msg, len, "DB ERROR: %s: %s (%s)", stmt_defs[which].what,
+                 sqlite3_errmsg(db->conn), op);
+    else
+        snprintf(msg, len, "DB ERROR: %s: %s", stmt_defs[which].what, sqlite3_errmsg(db->conn));
+}
+
 /* Step the statement to completion; on failure write the message naming
- * the call into msg. The statement is reset either way. */
-static int run(struct bind *b, char *msg, size_t len)
+ * the call into msg. The statement is reset either way. A row, if the
+ * statement returns one, is handed to `row` before the reset. */
+static int run_rows(struct bind *b, char *msg, size_t len,
+                    void (*row)(sqlite3_stmt *st, void *arg), void *arg)
 {
     sqlite3_stmt *st = b->db->stmts[b->which];
-    int rc = b->rc;
+    int rc = b->rc, saved_errno = 0;
 
     if (rc == SQLITE_OK) {
-        rc = sqlite3_step(st);
+        errno = 0;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+            if (row)
+                row(st, arg);
+        saved_errno = errno;
         if (rc == SQLITE_DONE)
             rc = SQLITE_OK;
     }
     if (rc != SQLITE_OK)
-        snprintf(msg, len, "DB ERROR: %s: %s", stmt_defs[b->which].what,
-                 sqlite3_errmsg(b->db->conn));
+        fail_message(b->db, b->which, saved_errno, msg, len);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return rc == SQLITE_OK ? 0 : ST_EDB;
+}
+
+static int run(struct bind *b, char *msg, size_t len)
+{
+    return run_rows(b, msg, len, NULL, NULL);
 }
 
 static int run_plain(struct db *db, enum db__stmt which, char *msg, size_t len)
@@ -184,7 +249,49 @@ static int write_end(struct db *db, const struct db_session_end *s, char *msg, s
     return run(&b, msg, len);
 }
 
-/* Write a batch in one transaction; *ns gets its duration on success. */
+static void on_passed_row(sqlite3_stmt *st, void *arg)
+{
+    int64_t *out = arg;
+
+    *out = sqlite3_column_type(st, 0) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 0);
+}
+
+static int read_find(struct db *db, struct db__find *f, char *msg, size_t len)
+{
+    struct bind b = bind_start(db, DB__ST_FIND_PASS);
+
+    f->passed_ms = 0;
+    bind_text(&b, f->serial);
+    bind_text(&b, f->recipe);
+    bind_text(&b, f->version);
+    return run_rows(&b, msg, len, on_passed_row, &f->passed_ms);
+}
+
+/* Answer the batch's lookups, in order, after its writes have committed. */
+static int read_batch(struct db *db, struct db__req *batch, char *msg, size_t len)
+{
+    int rc;
+
+    for (struct db__req *r = batch; r; r = r->next) {
+        if (r->kind != DB__REQ_FIND)
+            continue;
+        rc = read_find(db, &r->u.find, msg, len);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static bool has_writes(const struct db__req *batch)
+{
+    for (const struct db__req *r = batch; r; r = r->next)
+        if (r->kind != DB__REQ_FIND)
+            return true;
+    return false;
+}
+
+/* Write a batch in one transaction; *ns gets its duration on success. A
+ * batch of lookups only opens no transaction and leaves *ns alone. */
 static int write_batch(struct db *db, const struct db__req *batch, char *msg, size_t len,
                        uint64_t *ns)
 {
@@ -192,6 +299,8 @@ static int write_batch(struct db *db, const struct db__req *batch, char *msg, si
     char ignored[8];
     int rc;
 
+    if (!has_writes(batch))
+        return 0;
     rc = run_plain(db, DB__ST_BEGIN, msg, len);
     if (rc != 0)
         return rc;
@@ -207,6 +316,7 @@ static int write_batch(struct db *db, const struct db__req *batch, char *msg, si
         case DB__REQ_END:
             rc = write_end(db, &r->u.end, msg, len);
             break;
+        case DB__REQ_FIND:
         case DB__REQ_ERROR:
             break;
         }
@@ -225,8 +335,8 @@ out_rollback:
     return rc;
 }
 
-/* Under mu: move the ends of a batch to the done list with `status` and
- * return the rest, which the caller frees outside the lock. */
+/* Under mu: move the ends and lookups of a batch to the done list with
+ * `status` and return the rest, which the caller frees outside the lock. */
 static struct db__req *finish_batch(struct db *db, struct db__req *batch, int status)
 {
     struct db__req *r, *next, *garbage = NULL;
@@ -234,7 +344,7 @@ static struct db__req *finish_batch(struct db *db, struct db__req *batch, int st
     for (r = batch; r; r = next) {
         next = r->next;
         r->next = NULL;
-        if (r->kind == DB__REQ_END) {
+        if (r->kind == DB__REQ_END || r->kind == DB__REQ_FIND) {
             r->status = status;
             *db->done_tail = r;
             db->done_tail = &r->next;
@@ -267,14 +377,19 @@ static void writer_main(void *arg)
         failed = db->failed;
         uv_mutex_unlock(&db->mu);
 
+        ns = 0;
         rc = failed ? ST_EDB : write_batch(db, batch, msg, sizeof msg, &ns);
+        if (rc == 0)
+            rc = read_batch(db, batch, msg, sizeof msg);
 
         uv_mutex_lock(&db->mu);
         if (rc == 0) {
-            db->commits++;
-            db->commit_ns_total += ns;
-            if (ns > db->commit_ns_max)
-                db->commit_ns_max = ns;
+            if (ns > 0) { /* a batch of lookups only commits nothing */
+                db->commits++;
+                db->commit_ns_total += ns;
+                if (ns > db->commit_ns_max)
+                    db->commit_ns_max = ns;
+            }
         } else if (!failed) {
             /* The error goes ahead of the callbacks it explains. */
             db->failed = true;
@@ -331,6 +446,11 @@ static void run_done(struct db *db)
             /* fail_msg is written once, before the node is published. */
             if (db->on_error)
                 db->on_error(db->fail_msg, db->error_data);
+            continue;
+        }
+        if (r->kind == DB__REQ_FIND) {
+            r->u.find.cb(r->status, r->status ? 0 : r->u.find.passed_ms, r->cb_data);
+            free(r);
             continue;
         }
         if (r->cb)
@@ -481,6 +601,12 @@ static bool valid_result(const char *r)
     return r && (!strcmp(r, "PASS") || !strcmp(r, "FAIL") || !strcmp(r, "ABORTED"));
 }
 
+/* A session may also end SKIPPED (schema v2); its steps may not. */
+static bool valid_end_result(const char *r)
+{
+    return valid_result(r) || (r && !strcmp(r, "SKIPPED"));
+}
+
 /* Refuse what the schema would reject inside a batch: one bad request
  * must not fail the writer for every session sharing its transaction. */
 static bool valid_id(const struct db *db, int64_t id)
@@ -610,7 +736,7 @@ int db_session_end(struct db *db, const struct db_session_end *s, db_commit_cb c
     rc = writer_state(db);
     if (rc != 0)
         return rc;
-    if (!s || !valid_result(s->result) || !valid_id(db, s->id))
+    if (!s || !valid_end_result(s->result) || !valid_id(db, s->id))
         return ST_EINVAL;
     size = sizeof *r + str_size(s->serial) + str_size(s->product) + str_size(s->result) +
            str_size(s->failed_step) + str_size(s->reason);
@@ -628,6 +754,35 @@ int db_session_end(struct db *db, const struct db_session_end *s, db_commit_cb c
     r->u.end.result = put_str(&cur, s->result);
     r->u.end.failed_step = put_str(&cur, s->failed_step);
     r->u.end.reason = put_str(&cur, s->reason);
+    assert(cur == (char *)r + size);
+    return enqueue(db, r);
+}
+
+int db_find_pass(struct db *db, const char *serial, const char *recipe, const char *version,
+                 db_find_pass_cb cb, void *user_data)
+{
+    struct db__req *r;
+    size_t size;
+    char *cur;
+    int rc;
+
+    rc = writer_state(db);
+    if (rc != 0)
+        return rc;
+    if (!serial || !cb)
+        return ST_EINVAL;
+    size = sizeof *r + str_size(serial) + str_size(recipe) + str_size(version);
+    r = malloc(size);
+    if (!r)
+        return ST_ENOMEM;
+    memset(r, 0, sizeof *r);
+    r->kind = DB__REQ_FIND;
+    r->cb_data = user_data;
+    r->u.find.cb = cb;
+    cur = (char *)(r + 1);
+    r->u.find.serial = put_str(&cur, serial);
+    r->u.find.recipe = put_str(&cur, recipe);
+    r->u.find.version = put_str(&cur, version);
     assert(cur == (char *)r + size);
     return enqueue(db, r);
 }

@@ -118,11 +118,15 @@ int eng_engine_new(uv_loop_t *loop, const struct eng_options *opts, eng_event_cb
 
 #define ENG_MAX_PROFILES 16
 
+struct eng_pubkey;
+
 /* Per-profile settings; zero fields take the engine's defaults. */
 struct eng_profile_options {
     unsigned reply_timeout_ms;
     uint64_t min_rate_bps;
     unsigned retries;
+    const struct eng_pubkey *signer; /* minisign key for PATH.minisig (copied) */
+    bool require_signatures;         /* refuse images without a good signature */
 };
 
 /*

@@ -8,6 +8,7 @@
 #include "engine/image.h"
 
 #include "engine/sparse.h"
+#include "engine/trust.h"
 
 struct eng_session;
 
@@ -47,6 +48,8 @@ struct eng_profile {
     unsigned refs;
     char name[CFG_NAME_MAX];
     struct eng_profile_options opts;
+    bool have_signer;
+    struct eng_pubkey signer;
     struct cfg_recipe recipe;
     struct eng_image *images[CFG_MAX_IMAGES];
     struct eng_image_info infos[CFG_MAX_IMAGES];

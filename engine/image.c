@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/st_error.h"
+#include "engine/trust.h"
 
 struct eng_image {
     struct cfg_image cfg;
@@ -22,10 +23,14 @@ struct eng_image {
     void *user_data;
     /* written by the worker, read on the loop after the callback */
     int status;
-    char message[CFG_PATH_MAX + 160];
+    char message[CFG_PATH_MAX + 600];
     uint8_t *data;
     uint64_t size;
     int fd;               /* kept open for libsparse's reads (sparse planning) */
+    struct stat st;       /* the file as verified */
+    bool have_signer;
+    struct eng_pubkey signer;
+    bool require_signature;
     char sha256[65];
 };
 
@@ -106,6 +111,7 @@ static int map_file(struct eng_image *img)
     img->data = p;
     img->size = (uint64_t)st.st_size;
     img->fd = fd;
+    img->st = st;
     return 0;
 out_close:
     close(fd);
@@ -135,8 +141,25 @@ static void work(uv_work_t *w)
     hash_image(img);
     if (img->cfg.sha256[0] && strcasecmp(img->cfg.sha256, img->sha256) != 0) {
         img->status = ST_EINVAL;
-        snprintf(img->message, sizeof(img->message), "%s: sha256 mismatch (pinned %.16s..., file %.16s...)",
+        snprintf(img->message, sizeof(img->message),
+                 "%s: sha256 mismatch (pinned %.16s..., file %.16s...)",
                  img->cfg.path[0] ? img->cfg.path : img->cfg.name, img->cfg.sha256, img->sha256);
+        return;
+    }
+    if (img->cfg.path[0] && img->have_signer) {
+        char sig[CFG_PATH_MAX + 16], err[400];
+        snprintf(sig, sizeof(sig), "%s.minisig", img->cfg.path);
+        int rc = eng_trust_verify(&img->signer, img->data, img->size, sig, err, sizeof(err));
+        if (rc == ST_ENOENT && !img->require_signature)
+            return; /* signatures checked where present, required only when configured */
+        if (rc) {
+            img->status = rc;
+            snprintf(img->message, sizeof(img->message), "%s: refused: %s", img->cfg.path, err);
+        }
+    } else if (img->cfg.path[0] && img->require_signature) {
+        img->status = ST_EINVAL;
+        snprintf(img->message, sizeof(img->message),
+                 "%s: a signature is required but no minisign key is configured", img->cfg.path);
     }
 }
 
@@ -163,7 +186,8 @@ static void after_work(uv_work_t *w, int status)
     eng_image_unref(img);
 }
 
-int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg, eng_image_cb cb, void *user_data,
+int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg,
+                   const struct eng_image_trust *trust, eng_image_cb cb, void *user_data,
                    struct eng_image **out)
 {
     if (!cfg->path[0] && cfg->demo_size == 0)
@@ -173,6 +197,11 @@ int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg, eng_image_cb cb
         return ST_ENOMEM;
     img->cfg = *cfg;
     img->fd = -1;
+    if (trust && trust->signer) {
+        img->have_signer = true;
+        img->signer = *trust->signer;
+    }
+    img->require_signature = trust && trust->require_signature;
     img->refs = 1;
     img->cb = cb;
     img->user_data = user_data;
@@ -204,6 +233,22 @@ const uint8_t *eng_image_data(const struct eng_image *img) { return img->data; }
 uint64_t eng_image_size(const struct eng_image *img) { return img->size; }
 const char *eng_image_sha256(const struct eng_image *img) { return img->sha256; }
 const char *eng_image_name(const struct eng_image *img) { return img->cfg.name; }
+
+int eng_image_check_unchanged(const struct eng_image *img, char *msg, size_t len)
+{
+    struct stat now;
+    if (!img->cfg.path[0])
+        return 0;
+    if (stat(img->cfg.path, &now) != 0 || now.st_ino != img->st.st_ino ||
+        now.st_dev != img->st.st_dev || now.st_size != img->st.st_size ||
+        now.st_mtim.tv_sec != img->st.st_mtim.tv_sec ||
+        now.st_mtim.tv_nsec != img->st.st_mtim.tv_nsec) {
+        snprintf(msg, len, "%s changed on disk since it was verified; nothing was sent "
+                           "(reload the station to verify it again)", img->cfg.path);
+        return ST_EINVAL;
+    }
+    return 0;
+}
 int eng_image_fd(const struct eng_image *img) { return img->fd; }
 const char *eng_image_path(const struct eng_image *img)
 {

@@ -4,18 +4,27 @@
  *
  * eng_image_open() does the slow part (open, mmap or generate a demo
  * image, SHA-256 of every byte) on the libuv thread pool and calls back on
- * the loop thread. Images are reference-counted: each user takes a
+ * the loop thread. With a signer, PATH.minisig is verified there too
+ * (engine/trust.h). Images are reference-counted: each user takes a
  * reference and drops it; the mapping goes with the last reference.
  */
 #ifndef ENG_IMAGE_H
 #define ENG_IMAGE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
 #include "config/recipe.h"
 
 struct eng_image;
+struct eng_pubkey;
+
+/* Optional trust settings for eng_image_open(). */
+struct eng_image_trust {
+    const struct eng_pubkey *signer; /* minisign key; NULL = none */
+    bool require_signature;          /* refuse the image without a good PATH.minisig */
+};
 
 /* status 0, or a negative code with `message` naming the file. The image
  * pointer stays valid until the caller drops its reference. */
@@ -25,8 +34,15 @@ typedef void (*eng_image_cb)(struct eng_image *img, int status, const char *mess
 /* Start loading. On 0, *out holds one reference owned by the caller and
  * `cb` will run exactly once; dropping that reference before the callback
  * is allowed (the callback still runs, and the image is freed after it). */
-int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg, eng_image_cb cb, void *user_data,
+int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg,
+                   const struct eng_image_trust *trust, eng_image_cb cb, void *user_data,
                    struct eng_image **out);
+
+/* 0 if the file behind the image is still the one that was verified (same
+ * inode, size and modification time), else ST_EINVAL and a message such
+ * as "images/system.img changed on disk since it was verified". Demo
+ * images never change. One stat(); cheap enough for each flash step. */
+int eng_image_check_unchanged(const struct eng_image *img, char *msg, size_t len);
 
 void eng_image_ref(struct eng_image *img);
 void eng_image_unref(struct eng_image *img);

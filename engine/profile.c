@@ -114,15 +114,23 @@ int eng_engine_add_profile(struct eng_engine *eng, const char *name,
     prof->eng = eng;
     prof->refs = 1;
     snprintf(prof->name, sizeof(prof->name), "%s", name ? name : "default");
-    if (opts)
+    if (opts) {
         prof->opts = *opts;
+        if (opts->signer) {
+            prof->have_signer = true;
+            prof->signer = *opts->signer;
+        }
+        prof->opts.signer = NULL; /* the copy above is the one to use */
+    }
+    struct eng_image_trust trust = {.signer = prof->have_signer ? &prof->signer : NULL,
+                                    .require_signature = prof->opts.require_signatures};
     prof->recipe = *recipe;
     prof->load_cb = cb;
     prof->load_user_data = user_data;
     unsigned n = recipe->n_images;
     prof->recipe.n_images = 0;
     for (unsigned i = 0; i < n; i++) {
-        rc = eng_image_open(eng->loop, &prof->recipe.images[i], image_loaded, prof,
+        rc = eng_image_open(eng->loop, &prof->recipe.images[i], &trust, image_loaded, prof,
                             &prof->images[i]);
         if (rc)
             break;

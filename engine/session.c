@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/st_error.h"
+#include "engine/dfu.h"
 #include "engine/engine_internal.h"
 
 #define INFO_MAX 4096
@@ -29,6 +30,8 @@ struct eng_session {
     struct eng_profile *prof;  /* referenced while the session lives */
     struct eng_slot *slot;
     struct eng_fb *fb;
+    struct eng_dfu *dfu;       /* instead of fb when the transport says ENG_PROTO_DFU */
+    struct eng_dfu_plan dplan; /* the running dfu-download/dfu-verify step's segments */
     int64_t id;
     int64_t started_ms;
     enum session_phase phase;
@@ -118,6 +121,7 @@ static void fb_closed(void *user_data)
 {
     struct eng_session *s = user_data;
     s->fb = NULL;
+    s->dfu = NULL;
     uv_close((uv_handle_t *)&s->wait_timer, wait_timer_closed);
 }
 
@@ -138,6 +142,8 @@ static void session_end(struct eng_session *s, enum eng_result result)
     eng__emit(s->eng, &ev);
     if (s->fb)
         eng_fb_close(s->fb, fb_closed, s);
+    else if (s->dfu)
+        eng_dfu_close(s->dfu, fb_closed, s);
     else
         fb_closed(s);
 }
@@ -406,6 +412,11 @@ static void flash_plan(struct eng_session *s)
 {
     struct eng_image *img = step_image(s);
     uint64_t size = eng_image_size(img);
+    char changed[CFG_PATH_MAX + 120];
+    if (eng_image_check_unchanged(img, changed, sizeof(changed)) != 0) {
+        step_fail(s, "%s", changed);
+        return;
+    }
     s->piece = 0;
     s->plan = NULL;
     if (size <= s->max_download) {
@@ -451,7 +462,7 @@ static void flash_next(struct eng_session *s)
 {
     const struct cfg_step *st = cur(s);
     struct eng_image *img = step_image(s);
-    char cmd[ENG_FB_COMMAND_MAX + 1];
+    char cmd[CFG_ARG_MAX + 32]; /* longer than 64 is refused by the driver */
     int rc = 0;
     switch (s->sub) {
     case FL_HAS_SLOT:
@@ -524,6 +535,73 @@ static void on_reboot_bootloader_done(struct eng_fb *fb, int status, const char 
         eng__session_device_left(s);
 }
 
+/* ---- DFU steps (engine/dfu.h): dfu-download ALT IMAGE, dfu-verify ALT
+ * IMAGE, detach. A step after which the device leaves the bus (detach,
+ * reset after manifestation) waits for it on the same port, as
+ * reboot-bootloader does, unless it was the recipe's last step. ---- */
+
+static void on_dfu_progress(struct eng_dfu *d, uint64_t done, uint64_t total, void *user_data)
+{
+    on_progress(NULL, done, total, user_data);
+}
+
+static void on_dfu_done(struct eng_dfu *d, int status, const char *text, void *user_data)
+{
+    struct eng_session *s = user_data;
+    if (status) {
+        step_fail(s, "%s", text);
+        return;
+    }
+    if (eng_dfu_device_left(d) && s->step + 1 < s->prof->recipe.n_steps) {
+        s->phase = PH_WAIT_DEVICE;
+        uv_timer_start(&s->wait_timer, on_wait_timeout, s->eng->opts.reenum_timeout_ms, 0);
+        if (!s->slot->present)
+            eng__session_device_left(s);
+        return;
+    }
+    step_ok(s, text);
+}
+
+static void dfu_step(struct eng_session *s)
+{
+    const struct cfg_step *st = cur(s);
+    /* busy_ms: how long a device may stay in dfuDNBUSY per block */
+    struct eng_dfu_limits lim = {.request_ms = reply_timeout(s), .busy_ms = reply_timeout(s)};
+    char err[CFG_PATH_MAX + 200];
+    int rc;
+    if (st->kind == CFG_STEP_DETACH) {
+        rc = eng_dfu_detach(s->dfu, &lim, on_dfu_done, s);
+    } else {
+        struct eng_image *img = step_image(s);
+        if (eng_image_check_unchanged(img, err, sizeof(err)) != 0 ||
+            eng_dfu_plan(s->slot->t, st->arg, eng_image_data(img), (size_t)eng_image_size(img),
+                         eng_image_path(img), s->prof->recipe.allow_raw_dfu, &s->dplan, err,
+                         sizeof(err)) != 0) {
+            step_fail(s, "%s", err);
+            return;
+        }
+        /* Full-speed DFU moves tens of KB/s, not fastboot's MB/s: unless
+         * the profile sets a rate, the whole step gets 16 KiB/s. */
+        uint64_t rate = s->prof->opts.min_rate_bps ? s->prof->opts.min_rate_bps : 16384;
+        uint64_t ms = reply_timeout(s) + s->dplan.bytes * 1000 / rate;
+        lim.total_ms = ms > 0x7fffffff ? 0x7fffffff : (unsigned)ms;
+        if (st->kind == CFG_STEP_DFU_DOWNLOAD)
+            rc = eng_dfu_download(s->dfu, s->dplan.alt, s->dplan.segs, s->dplan.n_segs, &lim,
+                                  on_dfu_done, s);
+        else
+            rc = eng_dfu_verify(s->dfu, s->dplan.alt, s->dplan.segs, s->dplan.n_segs, &lim,
+                                on_dfu_done, s);
+        if (rc == 0 && st->kind == CFG_STEP_DFU_DOWNLOAD) {
+            s->bytes += s->dplan.bytes;
+            s->step_bytes += s->dplan.bytes;
+        }
+    }
+    if (rc == ST_ENODEV)
+        step_fail(s, "device disconnected");
+    else if (rc)
+        step_fail(s, "cannot start: %s", st_strerror(rc));
+}
+
 static void begin_step(struct eng_session *s)
 {
     struct eng_event ev;
@@ -544,7 +622,7 @@ static void begin_step(struct eng_session *s)
 static void run_step(struct eng_session *s)
 {
     const struct cfg_recipe *r = &s->prof->recipe;
-    char cmd[ENG_FB_COMMAND_MAX + 1];
+    char cmd[CFG_ARG_MAX + 32]; /* longer than 64 is refused by the driver */
     int rc = 0;
     if (s->eng->closing) {
         step_fail(s, "station stopped");
@@ -557,6 +635,12 @@ static void run_step(struct eng_session *s)
     }
     begin_step(s);
     const struct cfg_step *st = cur(s);
+    bool dfu_kind = st->kind == CFG_STEP_DFU_DOWNLOAD || st->kind == CFG_STEP_DFU_VERIFY ||
+                    st->kind == CFG_STEP_DETACH;
+    if (s->dfu && !dfu_kind) {
+        step_fail(s, "a fastboot step cannot run on a DFU device");
+        return;
+    }
     switch (st->kind) {
     case CFG_STEP_GETVAR:
         snprintf(cmd, sizeof(cmd), "getvar:%s", st->arg);
@@ -587,17 +671,28 @@ static void run_step(struct eng_session *s)
     case CFG_STEP_DFU_DOWNLOAD:
     case CFG_STEP_DFU_VERIFY:
     case CFG_STEP_DETACH:
-        step_fail(s, "a DFU step cannot run on a fastboot device");
+        if (!s->dfu) {
+            step_fail(s, "a DFU step cannot run on a fastboot device");
+            return;
+        }
+        dfu_step(s);
         return;
     }
     if (rc == ST_ENODEV)
         step_fail(s, "device disconnected");
+    else if (rc == ST_EINVAL)
+        step_fail(s, "command \"%.80s\" is longer than fastboot's %d bytes", cmd,
+                  ENG_FB_COMMAND_MAX);
     else if (rc)
         step_fail(s, "cannot start: %s", st_strerror(rc));
 }
 
 static int make_driver(struct eng_session *s)
 {
+    if (s->slot->t && s->slot->t->protocol_kind == ENG_PROTO_DFU) {
+        struct eng_dfu_hooks dh = {.progress = on_dfu_progress, .user_data = s};
+        return eng_dfu_new(s->eng->loop, s->slot->t, &dh, &s->dfu);
+    }
     struct eng_fb_hooks hooks = {.info = on_info, .progress = on_progress, .user_data = s};
     return eng_fb_new(s->eng->loop, s->slot->t, &hooks, s->eng->opts.chunk_size, &s->fb);
 }
@@ -638,6 +733,7 @@ static void old_driver_closed(void *user_data)
 {
     struct eng_session *s = user_data;
     s->fb = NULL;
+    s->dfu = NULL;
     eng__close_transport(s->eng, s->slot);
     if (s->phase == PH_WAIT_DEVICE && s->slot->t && s->slot->present)
         eng__session_device_back(s); /* it came back while we closed */
@@ -650,16 +746,20 @@ void eng__session_device_left(struct eng_session *s)
     if (s->phase == PH_WAIT_DEVICE) {
         if (s->fb)
             eng_fb_close(s->fb, old_driver_closed, s);
+        else if (s->dfu)
+            eng_dfu_close(s->dfu, old_driver_closed, s);
         return;
     }
     if (s->fb && eng_fb_busy(s->fb))
         eng_fb_abort(s->fb, ST_ENODEV, "device disconnected");
+    if (s->dfu && eng_dfu_busy(s->dfu))
+        eng_dfu_abort(s->dfu, ST_ENODEV, "device disconnected");
     /* Otherwise the next command fails with ST_ENODEV by itself. */
 }
 
 void eng__session_device_back(struct eng_session *s)
 {
-    if (s->phase != PH_WAIT_DEVICE || s->fb)
+    if (s->phase != PH_WAIT_DEVICE || s->fb || s->dfu)
         return; /* still closing the old driver: old_driver_closed() calls again */
     uv_timer_stop(&s->wait_timer);
     s->phase = PH_RUNNING;
@@ -689,6 +789,10 @@ void eng__session_abort(struct eng_session *s)
     }
     if (s->fb && eng_fb_busy(s->fb)) {
         eng_fb_abort(s->fb, ST_ECANCELED, "station stopped");
+        return;
+    }
+    if (s->dfu && eng_dfu_busy(s->dfu)) {
+        eng_dfu_abort(s->dfu, ST_ECANCELED, "station stopped");
         return;
     }
     step_fail(s, "station stopped");

@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/st_error.h"
+
 struct eng_transport;
 struct eng_xfer;
 
@@ -53,6 +55,52 @@ struct eng_transport_ops {
     int (*submit)(struct eng_transport *t, struct eng_xfer *x);
     int (*cancel)(struct eng_transport *t, struct eng_xfer *x);
     void (*close)(struct eng_transport *t, eng_transport_close_cb close_cb, void *user_data);
+    /*
+     * Optional (NULL: the transport cannot do it). A USB port reset, as
+     * DFU needs after DETACH when bitWillDetach is clear (DFU 1.1 §5.1)
+     * and in dfuMANIFEST-WAIT-RESET (§7). `x` carries only cb and
+     * user_data (type, buf, len and setup are ignored); it follows the
+     * submit() contract (one callback, cancel() still fires it) and ends
+     * with 0 or ST_ENODEV once the reset is done. The device then leaves
+     * and re-enumerates: the transport reports it gone as for any
+     * unplug, after the callback. (libusb: libusb_reset_device(), which
+     * is synchronous, so off the loop thread.)
+     */
+    int (*reset)(struct eng_transport *t, struct eng_xfer *x);
+};
+
+/* Which protocol driver a device needs; set by the transport that found it. */
+enum eng_protocol_kind {
+    ENG_PROTO_FASTBOOT = 0,
+    ENG_PROTO_DFU = 1,
+};
+
+#define ENG_DFU_MAX_ALTS 8
+#define ENG_DFU_ALT_NAME_MAX 128
+
+/* bmAttributes of the DFU functional descriptor (DFU 1.1 §4.1.3, Table 4.2) */
+#define ENG_DFU_ATTR_CAN_DNLOAD 0x01
+#define ENG_DFU_ATTR_CAN_UPLOAD 0x02
+#define ENG_DFU_ATTR_MANIFEST_TOLERANT 0x04
+#define ENG_DFU_ATTR_WILL_DETACH 0x08
+
+/*
+ * A DFU device as its descriptors describe it (DFU 1.1 §4.1 run-time and
+ * §4.2 DFU-mode descriptor sets), filled by the transport before the
+ * device is handed to the engine; all zero for other devices. The DFU
+ * driver (engine/dfu.h) reads it; a device that re-enumerates (detach,
+ * reset) arrives on a new transport with fresh values.
+ */
+struct eng_dfu_info {
+    uint8_t mode;               /* bInterfaceProtocol: 1 run-time, 2 DFU mode */
+    uint8_t interface;          /* bInterfaceNumber: wIndex of every DFU request */
+    uint8_t attributes;         /* bmAttributes: ENG_DFU_ATTR_* */
+    uint16_t detach_timeout_ms; /* wDetachTimeOut */
+    uint16_t transfer_size;     /* wTransferSize: bytes per DNLOAD/UPLOAD block */
+    uint16_t bcd_dfu;           /* bcdDFUVersion: 0x0110, DfuSe 0x011A */
+    uint16_t bcd_device;        /* bcdDevice of the device descriptor */
+    uint8_t n_alts;             /* alternate settings of the DFU interface (DFU mode) */
+    char alt_names[ENG_DFU_MAX_ALTS][ENG_DFU_ALT_NAME_MAX]; /* iInterface strings or "" */
 };
 
 struct eng_transport {
@@ -62,11 +110,19 @@ struct eng_transport {
     char usb_serial[64];     /* iSerial or equivalent identity, may be empty */
     uint16_t vid, pid;
     unsigned profile;        /* the engine profile this device uses (set by its source) */
+    uint8_t protocol_kind;   /* enum eng_protocol_kind; 0 (fastboot) unless set */
+    struct eng_dfu_info dfu; /* protocol_kind == ENG_PROTO_DFU only */
 };
 
 static inline int eng_transport_submit(struct eng_transport *t, struct eng_xfer *x)
 {
     return t->ops->submit(t, x);
+}
+
+/* ST_EINVAL (and no callback) when the transport cannot reset. */
+static inline int eng_transport_reset(struct eng_transport *t, struct eng_xfer *x)
+{
+    return t->ops->reset ? t->ops->reset(t, x) : ST_EINVAL;
 }
 
 static inline int eng_transport_cancel(struct eng_transport *t, struct eng_xfer *x)

@@ -13,10 +13,4 @@
         return st_usage_error("'%s' is not implemented yet", name);            \
     }
 
-ST__NOT_YET(st_cmd_sim, "sim")
-ST__NOT_YET(st_cmd_report, "report")
-ST__NOT_YET(st_cmd_stats, "stats")
-ST__NOT_YET(st_cmd_history, "history")
-ST__NOT_YET(st_cmd_check, "check")
-ST__NOT_YET(st_cmd_ports, "ports")
 ST__NOT_YET(st_cmd_learn, "learn")

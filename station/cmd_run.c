@@ -8,13 +8,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/tcp.h"
 #include "station/commands.h"
+#include "station/serials.h"
 #include "station/station.h"
 
 static const char run_usage[] =
     "usage: station run [options]\n"
     "  --simulate N        serve N virtual fastboot devices (the simulated rack)\n"
-    "  --headless          print one line per event (the default for now)\n"
+    "  --tcp HOST:PORT     a fastboot-over-TCP device (network slot); repeatable;\n"
+    "                      HOST:FIRST-LAST is one slot per port (see 'station sim')\n"
+    "  --headless          print one line per event instead of the dashboard\n"
+    "                      (the dashboard runs when stdout is a terminal)\n"
+    "  --log-format FMT    lines as text (default) or json (one JSON object per line)\n"
     "  --exit-after N      stop once N sessions are recorded; exit 0 only if all passed\n"
     "  --db FILE           SQLite record (default station.db)\n"
     "  --fault N:KIND=ARG  inject a fault into simulated device N: fail=CMD, silent=CMD,\n"
@@ -28,6 +34,10 @@ static const char run_usage[] =
     "  --timeout-ms MS     reply time limit per command (default 5000)\n"
     "  --info-lines N      simulated devices send N INFO lines per flash\n"
     "  --station-id ID     recorded with every session (default: host name)\n"
+    "  --serial-policy P   a serial that already passed this recipe version: skip (default;\n"
+    "                      ALREADY DONE, nothing written), reflash, or fail\n"
+    "  --seed N            simulated devices' serial numbers (default: random)\n"
+    "  --db-timeout-ms MS  wait this long for another process's database lock (default 5000)\n"
     "\n"
     "exit codes: 0 success, 1 a session failed, 2 usage, config, recipe or image error,\n"
     "3 internal error\n";
@@ -37,9 +47,13 @@ int st_cmd_run(int argc, char **argv)
     enum {
         O_SIMULATE = 1000, O_HEADLESS, O_EXIT_AFTER, O_DB, O_FAULT, O_PACE, O_IMAGE,
         O_SYSTEM_MIB, O_MAX_DOWNLOAD, O_REPLUG, O_TIMEOUT, O_INFO, O_STATION_ID, O_HELP,
+        O_LOG_FORMAT,
+        O_SERIAL_POLICY, O_SEED, O_DB_TIMEOUT,
+        O_TCP,
     };
     static const struct option longopts[] = {
         {"simulate", required_argument, NULL, O_SIMULATE},
+        {"tcp", required_argument, NULL, O_TCP},
         {"headless", no_argument, NULL, O_HEADLESS},
         {"exit-after", required_argument, NULL, O_EXIT_AFTER},
         {"db", required_argument, NULL, O_DB},
@@ -53,6 +67,10 @@ int st_cmd_run(int argc, char **argv)
         {"info-lines", required_argument, NULL, O_INFO},
         {"station-id", required_argument, NULL, O_STATION_ID},
         {"help", no_argument, NULL, O_HELP},
+        {"log-format", required_argument, NULL, O_LOG_FORMAT},
+        {"serial-policy", required_argument, NULL, O_SERIAL_POLICY},
+        {"seed", required_argument, NULL, O_SEED},
+        {"db-timeout-ms", required_argument, NULL, O_DB_TIMEOUT},
         {NULL, 0, NULL, 0},
     };
     struct st_run_options o;
@@ -73,6 +91,18 @@ int st_cmd_run(int argc, char **argv)
                 return ST_EXIT_USAGE;
             o.simulate = (unsigned)v;
             break;
+        case O_TCP: {
+            char host[ENG_TCP_HOST_MAX];
+            uint16_t first, last;
+            if (eng_tcp_parse_address(optarg, host, sizeof(host), &first, &last) != 0)
+                return st_usage_error("--tcp %s: expected HOST:PORT or HOST:FIRST-LAST with a "
+                                      "numeric HOST (or localhost) and ports from 1 to 65535",
+                                      optarg);
+            if (o.n_tcp == ST_MAX_TCP)
+                return st_usage_error("--tcp %s: too many --tcp options", optarg);
+            o.tcp[o.n_tcp++] = optarg;
+            break;
+        }
         case O_HEADLESS:
             o.headless = true;
             break;
@@ -131,6 +161,29 @@ int st_cmd_run(int argc, char **argv)
         case O_STATION_ID:
             o.station_id = optarg;
             break;
+        case O_SERIAL_POLICY:
+            if (st_serial_policy_parse(optarg, &o.serial_policy) != 0)
+                return st_usage_error("--serial-policy: expected skip, reflash or fail, got \"%s\"",
+                                      optarg);
+            break;
+        case O_SEED:
+            if (st_parse_uint("--seed", optarg, 0xffffffffUL, &v))
+                return ST_EXIT_USAGE;
+            o.seed = (uint32_t)v;
+            break;
+        case O_DB_TIMEOUT:
+            if (st_parse_uint("--db-timeout-ms", optarg, 3600000, &v))
+                return ST_EXIT_USAGE;
+            o.db_busy_ms = v ? (unsigned)v : 1; /* 0 would mean "the default" */
+            break;
+        case O_LOG_FORMAT:
+            if (!strcmp(optarg, "text"))
+                o.log_format = ST_LOG_TEXT;
+            else if (!strcmp(optarg, "json"))
+                o.log_format = ST_LOG_JSON;
+            else
+                return st_usage_error("--log-format: expected text or json, got \"%s\"", optarg);
+            break;
         case O_HELP:
             fputs(run_usage, stdout);
             return ST_EXIT_OK;
@@ -142,9 +195,9 @@ int st_cmd_run(int argc, char **argv)
     }
     if (optind < argc)
         return st_usage_error("unexpected argument '%s' for 'station run'", argv[optind]);
-    if (!o.simulate)
+    if (!o.simulate && !o.n_tcp)
         return st_usage_error("%s", "nothing to do: real USB devices are not supported yet; "
-                                 "use --simulate N");
+                                 "use --simulate N or --tcp HOST:PORT");
     return st_run(&o);
 }
 

@@ -15,6 +15,11 @@ int st_cmd_check(int argc, char **argv);
 int st_cmd_ports(int argc, char **argv);
 int st_cmd_learn(int argc, char **argv);
 
+struct cfg_config;
+/* Print what `station check` prints for an already loaded config and
+ * verify its images; returns ST_EXIT_OK or ST_EXIT_USAGE. */
+int st_check_config(const struct cfg_config *cfg);
+
 /* Print "station: " + fmt (with one string argument) + a hint to stderr;
  * returns ST_EXIT_USAGE. */
 int st_usage_error(const char *fmt, const char *arg) __attribute__((format(printf, 1, 0)));

@@ -18,7 +18,10 @@
 #include "config/recipe.h"
 #include "db/db.h"
 #include "engine/engine.h"
+#include "engine/tcp.h"
 #include "engine/virt/rack.h"
+#include "station/serials.h"
+#include "ui/dashboard.h"
 #include "ui/headless.h"
 #include "ui/model.h"
 
@@ -29,8 +32,14 @@ struct station {
     struct db *db;
     struct eng_engine *eng;
     struct eng_rack *rack;
+    struct eng_tcp_source **tcp; /* network slots (--tcp), created once images loaded */
+    unsigned n_tcp;
+    unsigned sources_running;    /* device sources not yet stopped, +1 while stopping them */
     struct ui_model model;
-    struct ui_headless *out;
+    struct ui_headless *out;  /* NULL while the dashboard runs */
+    struct ui_dash *dash;     /* NULL when headless */
+    struct st_serials *serials; /* serial policy; freed after the db writer stops */
+    char deferred_err[600];   /* an error met while the dashboard had the terminal */
     char station_id[64];
     unsigned recorded;      /* committed session ends */
     unsigned failed;        /* committed FAIL */
@@ -56,12 +65,33 @@ static void errorf(struct station *st, const char *fmt, ...) __attribute__((form
 
 static void errorf(struct station *st, const char *fmt, ...)
 {
+    char text[600];
     va_list ap;
-    fprintf(st->opts->err, "station: ");
     va_start(ap, fmt);
-    vfprintf(st->opts->err, fmt, ap);
+    vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    fputc('\n', st->opts->err);
+    if (st->dash) {
+        /* stderr is the dashboard's terminal: show it, print it at exit */
+        snprintf(st->deferred_err, sizeof(st->deferred_err), "%s", text);
+        ui_model_note(&st->model, eng_now_ms(), UI_NOTE_ERROR, "%s", text);
+        return;
+    }
+    fprintf(st->opts->err, "station: %s\n", text);
+}
+
+/* A station-level message: the footer's recent events and the log lines. */
+static void note(struct station *st, enum ui_note_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void note(struct station *st, enum ui_note_kind kind, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    ui_model_note(&st->model, eng_now_ms(), kind, "%s", text);
+    ui_headless_note(st->out, "%s", text);
 }
 
 static void on_committed(int status, void *user_data)
@@ -72,14 +102,18 @@ static void on_committed(int status, void *user_data)
         st->recorded++;
         if (pe->result == ENG_RESULT_FAIL)
             st->failed++;
-        ui_model_committed(&st->model, pe->slot, pe->result, pe->reason);
-        ui_headless_result(st->out, pe->slot, pe->serial, pe->result, pe->reason,
-                           pe->duration_ms, pe->bytes);
+        ui_model_committed(&st->model, pe->slot, pe->result, pe->reason, eng_now_ms());
+        if (pe->result == ENG_RESULT_SKIPPED)
+            ui_headless_note(st->out, "%s %s ALREADY DONE (%s)", pe->slot,
+                             pe->serial[0] ? pe->serial : "-", pe->reason);
+        else
+            ui_headless_result(st->out, pe->slot, pe->serial, pe->result, pe->reason,
+                               pe->duration_ms, pe->bytes);
         if (st->rack)
             eng_rack_result_shown(st->rack, pe->port);
     } else {
         st->unrecorded++;
-        ui_headless_note(st->out, "%s %s NOT RECORDED (%s): result was %s", pe->slot,
+        note(st, UI_NOTE_ERROR, "%s %s NOT RECORDED (%s): result was %s", pe->slot,
                          pe->serial[0] ? pe->serial : "-", st_strerror(status),
                          eng_result_name(pe->result));
         if (st->opts->exit_after && !st->stopping)
@@ -147,7 +181,7 @@ static void record_end(struct station *st, const struct eng_event *ev)
         .serial = ev->serial,
         .product = ev->product,
         .ended_ms = ev->t_ms,
-        .result = eng_result_name(ev->result),
+        .result = ev->result == ENG_RESULT_SKIPPED ? "SKIPPED" : eng_result_name(ev->result),
         .failed_step = ev->failed_step,
         .reason = ev->result == ENG_RESULT_PASS ? NULL : ev->text,
         .bytes = ev->session_bytes,
@@ -155,7 +189,7 @@ static void record_end(struct station *st, const struct eng_event *ev)
     int rc = db_session_end(st->db, &e, on_committed, pe);
     if (rc) {
         st->unrecorded++;
-        ui_headless_note(st->out, "%s %s NOT RECORDED (%s): result was %s", pe->slot,
+        note(st, UI_NOTE_ERROR, "%s %s NOT RECORDED (%s): result was %s", pe->slot,
                          pe->serial[0] ? pe->serial : "-", st_strerror(rc),
                          eng_result_name(pe->result));
         free(pe);
@@ -171,12 +205,14 @@ static void on_event(const struct eng_event *ev, void *user_data)
     ui_headless_event(st->out, ev);
     switch (ev->type) {
     case ENG_EV_SESSION_BEGIN:
+        st_serials_begin(st->serials, ev->session_id, ev->slot);
         record_begin(st, ev);
         break;
     case ENG_EV_STEP_END:
         record_step(st, ev);
         break;
     case ENG_EV_SESSION_END:
+        st_serials_end(st->serials, ev->session_id);
         record_end(st, ev);
         break;
     default:
@@ -184,14 +220,23 @@ static void on_event(const struct eng_event *ev, void *user_data)
     }
 }
 
+/* The engine read a serial: the serial policy answers (station/serials.h). */
+static void on_serial_check(struct eng_engine *eng, int64_t session_id, const char *serial,
+                            const char *recipe, const char *version, void *user_data)
+{
+    struct station *st = user_data;
+    st_serials_check(st->serials, eng, session_id, serial, recipe, version);
+}
+
 static void on_db_error(const char *message, void *user_data)
 {
     struct station *st = user_data;
     st->db_failed = true;
-    st->model.db_error = true;
-    ui_headless_note(st->out, "%s", message);
-    ui_headless_note(st->out, "DB ERROR: intake stopped; no new device will be flashed");
+    ui_model_set_db_error(&st->model);
+    note(st, UI_NOTE_ERROR, "%s", message);
+    note(st, UI_NOTE_ERROR, "DB ERROR: intake stopped; no new device will be flashed");
     eng_engine_pause(st->eng, true);
+    ui_model_set_paused(&st->model, true);
     if (st->opts->exit_after && !st->stopping)
         shutdown_station(st, ST_EXIT_INTERNAL);
 }
@@ -203,6 +248,8 @@ static void on_db_stopped(struct db *db, void *user_data)
     struct station *st = user_data;
     uv_close((uv_handle_t *)&st->sigint, NULL);
     uv_close((uv_handle_t *)&st->sigterm, NULL);
+    if (st->dash)
+        ui_dash_close(st->dash, NULL, NULL);
 }
 
 static void on_engine_closed(struct eng_engine *eng, void *user_data)
@@ -211,10 +258,22 @@ static void on_engine_closed(struct eng_engine *eng, void *user_data)
     db_writer_stop(st->db, on_db_stopped, st);
 }
 
+/* Device sources (rack, TCP) stop first so that no device arrives while
+ * the engine closes. */
+static void source_stopped(struct station *st)
+{
+    if (--st->sources_running == 0)
+        eng_engine_close(st->eng, on_engine_closed, st);
+}
+
 static void on_rack_stopped(struct eng_rack *rack, void *user_data)
 {
-    struct station *st = user_data;
-    eng_engine_close(st->eng, on_engine_closed, st);
+    source_stopped(user_data);
+}
+
+static void on_tcp_stopped(struct eng_tcp_source *src, void *user_data)
+{
+    source_stopped(user_data);
 }
 
 static void shutdown_station(struct station *st, int exit_code)
@@ -223,10 +282,50 @@ static void shutdown_station(struct station *st, int exit_code)
         return;
     st->stopping = true;
     st->exit_code = exit_code;
-    if (st->rack)
+    ui_model_set_stopping(&st->model);
+    st->sources_running = 1; /* held until every stop is asked for */
+    if (st->rack) {
+        st->sources_running++;
         eng_rack_stop(st->rack, on_rack_stopped, st);
-    else
-        eng_engine_close(st->eng, on_engine_closed, st);
+    }
+    for (unsigned i = 0; i < st->n_tcp; i++) {
+        st->sources_running++;
+        eng_tcp_source_stop(st->tcp[i], on_tcp_stopped, st);
+    }
+    source_stopped(st);
+}
+
+/* Walk the --tcp specs ("HOST:PORT" or "HOST:FIRST-LAST"): count the ports
+ * (0 and a message for a bad spec), or with `create` make the sources. */
+static int tcp_sources(struct station *st, bool create)
+{
+    char host[ENG_TCP_HOST_MAX];
+    uint16_t first, last;
+    unsigned n = 0;
+    for (unsigned i = 0; i < st->opts->n_tcp; i++) {
+        const char *spec = st->opts->tcp[i];
+        if (eng_tcp_parse_address(spec, host, sizeof(host), &first, &last) != 0) {
+            errorf(st, "--tcp %s: expected HOST:PORT or HOST:FIRST-LAST", spec);
+            return -1;
+        }
+        for (unsigned port = first; port <= last; port++) {
+            if (n == ST_MAX_TCP_PORTS) {
+                errorf(st, "--tcp %s: more than %u network slots", spec, ST_MAX_TCP_PORTS);
+                return -1;
+            }
+            if (create) {
+                int rc = eng_tcp_source_new(&st->loop, st->eng, host, (uint16_t)port, NULL,
+                                            &st->tcp[st->n_tcp]);
+                if (rc) {
+                    errorf(st, "--tcp %s: port %u: %s", spec, port, st_strerror(rc));
+                    return -1;
+                }
+                st->n_tcp++;
+            }
+            n++;
+        }
+    }
+    return (int)n;
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -234,8 +333,38 @@ static void on_signal(uv_signal_t *h, int signum)
     struct station *st = h->data;
     if (st->stopping)
         return;
-    ui_headless_note(st->out, "signal %d: stopping; running sessions are recorded ABORTED", signum);
+    note(st, UI_NOTE_WARN, "signal %d: stopping; running sessions are recorded ABORTED", signum);
     shutdown_station(st, st->failed ? ST_EXIT_FAILED : ST_EXIT_OK);
+}
+
+/* The dashboard's keys that concern the station. */
+static void on_ui_action(enum ui_action action, void *user_data)
+{
+    struct station *st = user_data;
+    if (st->stopping)
+        return;
+    switch (action) {
+    case UI_ACTION_PAUSE_TOGGLE: {
+        bool pause = !st->model.paused;
+        if (!pause && st->db_failed) {
+            note(st, UI_NOTE_ERROR, "DB ERROR: intake stays stopped");
+            return;
+        }
+        eng_engine_pause(st->eng, pause);
+        ui_model_set_paused(&st->model, pause);
+        note(st, UI_NOTE_WARN, pause ? "intake paused: devices plugged now wait"
+                                     : "intake resumed");
+        break;
+    }
+    case UI_ACTION_QUIT:
+        /* The operator's stop is a clean stop: exit 0, whatever the units did. */
+        note(st, UI_NOTE_WARN, "quit: stopping; %u running session(s) are recorded ABORTED",
+             st->model.in_progress);
+        shutdown_station(st, ST_EXIT_OK);
+        break;
+    default:
+        break;
+    }
 }
 
 static void on_loaded(int status, const char *message, void *user_data)
@@ -249,10 +378,15 @@ static void on_loaded(int status, const char *message, void *user_data)
     unsigned n;
     const struct eng_image_info *im = eng_engine_images(st->eng, &n);
     for (unsigned i = 0; i < n; i++)
-        ui_headless_note(st->out, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name,
+        note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name,
                          im[i].path, im[i].size, im[i].sha256);
     if (st->rack)
         eng_rack_start(st->rack);
+    if (st->opts->n_tcp && !st->stopping) {
+        st->tcp = calloc(ST_MAX_TCP_PORTS, sizeof(*st->tcp));
+        if (!st->tcp || tcp_sources(st, true) < 0)
+            shutdown_station(st, ST_EXIT_INTERNAL);
+    }
 }
 
 static int apply_image_overrides(struct station *st, struct cfg_recipe *r)
@@ -309,19 +443,32 @@ int st_run(const struct st_run_options *o)
     cfg_recipe_default(&recipe, opts.system_bytes);
     if (apply_image_overrides(st, &recipe) != 0)
         return ST_EXIT_USAGE;
+    if (opts.n_tcp && tcp_sources(st, false) <= 0)
+        return ST_EXIT_USAGE;
 
     rc = db_open(opts.db_path, &st->db, errbuf, sizeof(errbuf));
     if (rc) {
         errorf(st, "%s", errbuf);
         return ST_EXIT_USAGE;
     }
-    ui_model_init(&st->model);
-    if (ui_headless_new(opts.out, &st->model, &st->out) != 0) {
+    if (opts.db_busy_ms)
+        db_set_busy_timeout(st->db, opts.db_busy_ms);
+    if (st_serials_new(st->db, opts.serial_policy, &st->serials) != 0) {
         db_close(st->db);
         return ST_EXIT_INTERNAL;
     }
+    ui_model_init(&st->model);
+    ui_model_set_station(&st->model, st->station_id, recipe.name, recipe.version, eng_now_ms());
+    /* The dashboard on a terminal unless --headless; lines otherwise. */
+    bool want_dash = !opts.headless && isatty(fileno(opts.out));
+    if (!want_dash && ui_headless_new(opts.out, &st->model, &st->out) != 0) {
+        db_close(st->db);
+        st_serials_free(st->serials);
+        return ST_EXIT_INTERNAL;
+    }
+    ui_headless_set_format(st->out, opts.log_format == ST_LOG_JSON ? UI_LOG_JSON : UI_LOG_TEXT);
     if (db_recovered_count(st->db))
-        ui_headless_note(st->out, "recovered %u interrupted session(s) as ABORTED",
+        note(st, UI_NOTE_WARN, "recovered %u interrupted session(s) as ABORTED",
                          db_recovered_count(st->db));
 
     int exit_code = ST_EXIT_INTERNAL;
@@ -329,6 +476,7 @@ int st_run(const struct st_run_options *o)
     struct eng_options eo = {
         .first_session_id = db_next_session_id(st->db),
         .reply_timeout_ms = opts.reply_timeout_ms,
+        .serial_check = on_serial_check,
     };
     rc = eng_engine_new(&st->loop, &eo, on_event, st, &st->eng);
     if (rc) {
@@ -344,6 +492,7 @@ int st_run(const struct st_run_options *o)
             .replug_ms = opts.replug_ms ? opts.replug_ms : 1500,
             .max_units = opts.exit_after,
             .info_lines = opts.info_lines,
+            .seed = opts.seed,
         };
         rc = eng_rack_new(&st->loop, st->eng, &ro, &st->rack);
         if (rc) {
@@ -378,18 +527,41 @@ int st_run(const struct st_run_options *o)
     st->sigint.data = st->sigterm.data = st;
     uv_signal_start(&st->sigint, on_signal, SIGINT);
     uv_signal_start(&st->sigterm, on_signal, SIGTERM);
+    /* A device that closes its TCP connection must fail its write with
+     * EPIPE, not kill the station. */
+    signal(SIGPIPE, SIG_IGN);
+    if (want_dash) {
+        struct ui_dash_options dopts = {.in_fd = STDIN_FILENO, .out = opts.out};
+        rc = ui_dash_new(&st->loop, &st->model, &dopts, on_ui_action, st, &st->dash);
+        if (rc) {
+            errorf(st, "cannot start the dashboard (%s); printing lines instead", st_strerror(rc));
+            if (ui_headless_new(opts.out, &st->model, &st->out) == 0)
+                ui_headless_set_format(st->out, opts.log_format == ST_LOG_JSON ? UI_LOG_JSON
+                                                                               : UI_LOG_TEXT);
+        }
+    }
 
     rc = eng_engine_load(st->eng, &recipe, on_loaded, st);
     if (rc) {
         errorf(st, "cannot load the recipe's images: %s", st_strerror(rc));
         shutdown_station(st, ST_EXIT_USAGE);
     }
-    ui_headless_note(st->out, "station %s: recipe %s %s, %u simulated device(s), database %s",
+    note(st, UI_NOTE_INFO, "station %s: recipe %s %s, %u simulated device(s), database %s",
                      st->station_id, recipe.name, recipe.version, opts.simulate, opts.db_path);
     uv_run(&st->loop, UV_RUN_DEFAULT);
     exit_code = st->exit_code;
-    ui_headless_note(st->out, "stopped: %u passed, %u failed, %u aborted", st->model.passed,
-                     st->model.failed, st->model.aborted);
+    if (st->dash) {
+        /* the terminal is ours again */
+        ui_dash_free(st->dash);
+        st->dash = NULL;
+        if (st->deferred_err[0])
+            fprintf(opts.err, "station: %s\n", st->deferred_err);
+    }
+    note(st, UI_NOTE_INFO, "stopped: %u passed, %u failed, %u aborted", st->model.passed,
+         st->model.failed, st->model.aborted);
+    if (!st->out)
+        fprintf(opts.out, "station: stopped: %u passed, %u failed, %u aborted\n", st->model.passed,
+                st->model.failed, st->model.aborted);
 
 out_engine:
     if (!st->stopping) {
@@ -400,6 +572,9 @@ out_engine:
         }
     }
     eng_rack_free(st->rack);
+    for (unsigned i = 0; i < st->n_tcp; i++)
+        eng_tcp_source_free(st->tcp[i]);
+    free(st->tcp);
     eng_engine_free(st->eng);
 out_loop:
     if (uv_loop_close(&st->loop) != 0) {
@@ -407,6 +582,7 @@ out_loop:
         exit_code = ST_EXIT_INTERNAL;
     }
     db_close(st->db);
+    st_serials_free(st->serials); /* the writer's drain answered every lookup */
     ui_headless_free(st->out);
     ui_model_free(&st->model);
     fflush(opts.out);

@@ -14,6 +14,22 @@
 
 #define ST_MAX_FAULTS 64
 #define ST_MAX_IMAGE_OVERRIDES 8
+#define ST_MAX_TCP 64        /* --tcp options */
+#define ST_MAX_TCP_PORTS 256 /* network slots in all */
+
+/* What to do with a serial that already PASSED the same recipe name and
+ * version in this database (station/serials.h). */
+enum st_serial_policy {
+    ST_SERIAL_SKIP,    /* default: end SKIPPED, "ALREADY DONE", nothing written */
+    ST_SERIAL_REFLASH, /* flash it again */
+    ST_SERIAL_FAIL,    /* FAIL "serial X already passed R V on DATE" */
+};
+
+/* Headless output: text lines or JSON Lines (ui/headless.h). */
+enum st_log_format {
+    ST_LOG_TEXT,
+    ST_LOG_JSON,
+};
 
 enum st_exit {
     ST_EXIT_OK = 0,
@@ -26,7 +42,10 @@ struct st_run_options {
     const char *db_path;          /* default "station.db" */
     const char *station_id;       /* default: host name */
     unsigned simulate;            /* virtual devices; 0 = none */
-    bool headless;
+    const char *tcp[ST_MAX_TCP];  /* network slots: "HOST:PORT" or "HOST:FIRST-LAST" */
+    unsigned n_tcp;
+    bool headless;                /* lines even on a terminal (else the dashboard there) */
+    enum st_log_format log_format; /* of the lines */
     unsigned exit_after;          /* stop after N recorded sessions; 0 = run until signalled */
     double pace_mbps;             /* virtual device pace; negative = default */
     uint64_t system_bytes;        /* demo system image size; 0 = default */
@@ -40,6 +59,9 @@ struct st_run_options {
     unsigned n_images;
     FILE *out;                    /* event lines; default stdout */
     FILE *err;                    /* errors; default stderr */
+    enum st_serial_policy serial_policy;
+    uint32_t seed;                /* simulated serial numbers; 0 = random */
+    unsigned db_busy_ms;          /* wait for another process's lock; 0 = default (5000) */
 };
 
 /* Run the station; returns an st_exit code. */

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "common/st_error.h"
+#include "engine/virt/vdfu_transport.h"
 #include "engine/virt/vtransport.h"
 
 #define MAX_FAULTS_PER_POSITION 4
@@ -14,6 +15,7 @@ enum pos_action { ACT_NONE, ACT_PLUG, ACT_REATTACH, ACT_PULL };
 
 struct unit {
     struct eng_vfb *dev;
+    struct eng_vdfu *ddev;   /* a DFU rack's unit (dev is then NULL) */
     struct pos *pos;
     struct eng_transport *t; /* attached transport, NULL when away */
     unsigned open_transports;
@@ -58,6 +60,7 @@ static void unit_maybe_free(struct eng_rack *rack, struct unit *u)
         }
     }
     eng_vfb_free(u->dev);
+    eng_vdfu_free(u->ddev);
     free(u);
 }
 
@@ -97,7 +100,8 @@ static void on_note(struct eng_transport *t, enum eng_vt_note note, void *user_d
 static int attach(struct eng_rack *rack, struct unit *u)
 {
     struct eng_transport *t;
-    int rc = eng_vt_new(rack->loop, u->dev, u->pos->port, on_note, u, &t);
+    int rc = u->ddev ? eng_vdt_new(rack->loop, u->ddev, u->pos->port, 0, on_note, u, &t)
+                     : eng_vt_new(rack->loop, u->dev, u->pos->port, on_note, u, &t);
     if (rc)
         return rc;
     u->t = t;
@@ -106,8 +110,49 @@ static int attach(struct eng_rack *rack, struct unit *u)
     return 0;
 }
 
+/* Position `number` (1-based) starts in run-time mode: spread evenly. */
+static bool starts_runtime(const struct eng_rack *rack, unsigned number)
+{
+    double share = rack->opts.runtime_share;
+    return (unsigned)(number * share) > (unsigned)((number - 1) * share);
+}
+
+static int plug_new_dfu_unit(struct eng_rack *rack, struct pos *p)
+{
+    struct eng_vdfu_config cfg;
+    if (rack->opts.dfu_config)
+        cfg = *rack->opts.dfu_config;
+    else
+        memset(&cfg, 0, sizeof(cfg));
+    snprintf(cfg.serial, sizeof(cfg.serial), "SIM%06X%04u", rack->serial_base & 0xffffffu,
+             rack->plugged + 1);
+    if (starts_runtime(rack, p->number))
+        cfg.start_runtime = true;
+    if (p->plugged == 0)
+        for (unsigned i = 0; i < p->n_faults; i++)
+            if (eng_vdfu_parse_fault(&cfg, p->faults[i]) != 0)
+                return ST_EINVAL;
+    struct unit *u = calloc(1, sizeof(*u));
+    if (!u)
+        return ST_ENOMEM;
+    int rc = eng_vdfu_new(&cfg, &u->ddev);
+    if (rc) {
+        free(u);
+        return rc;
+    }
+    u->pos = p;
+    u->next = rack->units;
+    rack->units = u;
+    p->unit = u;
+    p->plugged++;
+    rack->plugged++;
+    return attach(rack, u);
+}
+
 static int plug_new_unit(struct eng_rack *rack, struct pos *p)
 {
+    if (rack->opts.dfu)
+        return plug_new_dfu_unit(rack, p);
     struct eng_vfb_config cfg;
     memset(&cfg, 0, sizeof(cfg));
     snprintf(cfg.serial, sizeof(cfg.serial), "SIM%06X%04u", rack->serial_base & 0xffffffu,
@@ -152,7 +197,9 @@ static void pull_unit(struct eng_rack *rack, struct pos *p)
         return;
     p->unit = NULL;
     u->retired = true;
-    if (u->t)
+    if (u->t && u->ddev)
+        eng_vdt_unplug(u->t);
+    else if (u->t)
         eng_vt_unplug(u->t); /* GONE: the engine hears the device left */
     unit_maybe_free(rack, u);
 }
@@ -219,10 +266,14 @@ int eng_rack_new(uv_loop_t *loop, struct eng_engine *eng, const struct eng_rack_
 int eng_rack_add_fault(struct eng_rack *rack, unsigned position, const char *spec)
 {
     struct eng_vfb_config probe;
+    struct eng_vdfu_config dprobe;
     memset(&probe, 0, sizeof(probe));
+    memset(&dprobe, 0, sizeof(dprobe));
     if (position < 1 || position > rack->opts.count)
         return ST_ERANGE;
-    if (eng_vfb_parse_fault(&probe, spec) != 0 || strlen(spec) >= 80)
+    int bad = rack->opts.dfu ? eng_vdfu_parse_fault(&dprobe, spec)
+                             : eng_vfb_parse_fault(&probe, spec);
+    if (bad != 0 || strlen(spec) >= 80)
         return ST_EINVAL;
     struct pos *p = &rack->pos[position - 1];
     if (p->n_faults == MAX_FAULTS_PER_POSITION)
@@ -285,6 +336,19 @@ struct eng_vfb *eng_rack_device(struct eng_rack *rack, unsigned position)
     return NULL;
 }
 
+struct eng_vdfu *eng_rack_dfu_device(struct eng_rack *rack, unsigned position)
+{
+    if (position < 1 || position > rack->opts.count)
+        return NULL;
+    struct pos *p = &rack->pos[position - 1];
+    if (p->unit)
+        return p->unit->ddev;
+    for (struct unit *u = rack->units; u; u = u->next)
+        if (u->pos == p)
+            return u->ddev;
+    return NULL;
+}
+
 static void timer_closed(uv_handle_t *h)
 {
     struct pos *p = h->data;
@@ -311,6 +375,7 @@ void eng_rack_free(struct eng_rack *rack)
     while (u) {
         struct unit *next = u->next;
         eng_vfb_free(u->dev);
+        eng_vdfu_free(u->ddev);
         free(u);
         u = next;
     }

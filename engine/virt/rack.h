@@ -9,6 +9,13 @@
  * Faults given with eng_rack_add_fault() apply to the first unit plugged
  * into that position.
  *
+ * With `dfu` set the rack serves virtual DFU devices (eng_vdfu, through
+ * the in-process control transport of vdfu_transport.h) built from
+ * `dfu_config`; the share `runtime_share` of positions plugs units in
+ * run-time mode, which need a detach (the recipe's `detach` step). A DFU
+ * unit that detaches or resets re-enumerates after `reenum_ms` on the
+ * same port, as a rebooting fastboot device does.
+ *
  * Lifecycle: eng_rack_new(), eng_rack_add_fault()..., eng_rack_start();
  * at shutdown eng_rack_stop() (no more plugging), then close the engine
  * (which closes the transports), then eng_rack_free().
@@ -20,6 +27,7 @@
 #include <uv.h>
 
 #include "engine/engine.h"
+#include "engine/virt/vdfu.h"
 #include "engine/virt/vfb.h"
 
 struct eng_rack;
@@ -37,12 +45,18 @@ struct eng_rack_options {
     bool keep_data;            /* devices keep partition bytes (tests) */
     const char *product;       /* getvar product; NULL = "simphone" */
     uint32_t seed;             /* serial numbers */
+    /* DFU racks (see above); the fastboot fields above then do not apply. */
+    bool dfu;
+    const struct eng_vdfu_config *dfu_config; /* copied per unit (serial and mode set
+                                                 per unit); NULL = the model's defaults */
+    double runtime_share;      /* 0..1 of positions start in run-time mode */
 };
 
 int eng_rack_new(uv_loop_t *loop, struct eng_engine *eng, const struct eng_rack_options *opts,
                  struct eng_rack **out);
 
-/* "N:KIND=ARG" or (position, "KIND=ARG"); see eng_vfb_parse_fault(). */
+/* "N:KIND=ARG" or (position, "KIND=ARG"); see eng_vfb_parse_fault(), or
+ * eng_vdfu_parse_fault() for a DFU rack. */
 int eng_rack_add_fault(struct eng_rack *rack, unsigned position, const char *spec);
 int eng_rack_add_fault_spec(struct eng_rack *rack, const char *spec);
 
@@ -56,6 +70,8 @@ unsigned eng_rack_units_plugged(const struct eng_rack *rack);
 
 /* The unit now (or last) at position (1-based), or NULL. */
 struct eng_vfb *eng_rack_device(struct eng_rack *rack, unsigned position);
+/* The same for a DFU rack. */
+struct eng_vdfu *eng_rack_dfu_device(struct eng_rack *rack, unsigned position);
 
 void eng_rack_stop(struct eng_rack *rack, void (*cb)(struct eng_rack *rack, void *user_data),
                    void *user_data);
