@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -139,14 +140,15 @@ static pid_t start_sim(const char *station, const char *dir, unsigned devices, c
 {
     for (int tries = 0; tries < 10; tries++) {
         char tcp[64], count[16], out[512];
-        *port = 20000 + (unsigned)((getpid() * 131u + (unsigned)time(NULL) * 7u + tries * 977u) %
-                                   2000) * 16;
+        *port =
+            20000 +
+            (unsigned)((getpid() * 131u + (unsigned)time(NULL) * 7u + tries * 977u) % 2000) * 16;
         snprintf(tcp, sizeof(tcp), "127.0.0.1:%u", *port);
         snprintf(count, sizeof(count), "%u", devices);
         snprintf(out, sizeof(out), "%s/sim-%u.out", dir, *port);
-        char *argv[] = {(char *)station, "sim", "--tcp", tcp, "--count", count,
-                        "--max-download", (char *)maxdl, "--quiet", "--offline-ms", "600000",
-                        NULL};
+        char *argv[] = {(char *)station, "sim",          "--tcp",          tcp,
+                        "--count",       count,          "--max-download", (char *)maxdl,
+                        "--quiet",       "--offline-ms", "600000",         NULL};
         pid_t pid = spawn(argv, out);
         for (int i = 0; i < 500; i++) {
             if (file_has(out, "; ready"))
@@ -185,6 +187,23 @@ static double proc_cpu_s(pid_t pid)
         ut = st = 0;
     fclose(f);
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The station's flashing window from its records: first start to last end. */
+static double window_s(const char *db)
+{
+    sqlite3 *c;
+    sqlite3_stmt *st = NULL;
+    double w = 0;
+    if (sqlite3_open_v2(db, &c, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+        return 0;
+    if (sqlite3_prepare_v2(c, "SELECT (MAX(ended_ms) - MIN(started_ms)) / 1000.0 FROM sessions", -1,
+                           &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        w = sqlite3_column_double(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(c);
+    return w;
 }
 
 struct result {
@@ -277,8 +296,9 @@ int main(int argc, char **argv)
         snprintf(tcp, sizeof(tcp), "127.0.0.1:%u-%u", port, port + devices - 1);
         snprintf(img, sizeof(img), "system=%s", image);
         snprintf(exit_after, sizeof(exit_after), "%u", devices);
-        char *av[] = {station, "run", "--tcp", tcp, "--image", img, "--exit-after", exit_after,
-                      "--db", db, "--headless", "--timeout-ms", "30000", NULL};
+        char *av[] = {station,      "run",          "--tcp",    tcp,    "--image",
+                      img,          "--exit-after", exit_after, "--db", db,
+                      "--headless", "--timeout-ms", "30000",    NULL};
         struct proc p = {0};
         double t0 = now_s();
         p.pid = spawn(av, out);
@@ -327,6 +347,8 @@ int main(int argc, char **argv)
     print_row(&rs[1]);
     printf("\nstation / fastboot: CPU %.2fx (target <= 0.7), wall %.2fx (target <= 1.0)\n",
            rs[1].cpu > 0 ? rs[0].cpu / rs[1].cpu : 0, rs[1].wall > 0 ? rs[0].wall / rs[1].wall : 0);
+    printf("station sessions window (first start to last end, from its records): %.2f s\n",
+           window_s(db));
     printf("station CPU before the first session (image SHA-256, mapping): %.2f s; after: %.2f s "
            "(%.2fx the fastboot processes)\n",
            rs[0].load_cpu, rs[0].cpu - rs[0].load_cpu,

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/crypto.h>
 #include <sodium.h>
 #include <sys/time.h>
 
@@ -27,6 +28,8 @@ const char *eng_result_name(enum eng_result r)
         return "FAIL";
     case ENG_RESULT_ABORTED:
         return "ABORTED";
+    case ENG_RESULT_SKIPPED:
+        return "SKIPPED";
     default:
         return "NONE";
     }
@@ -74,6 +77,11 @@ int eng_engine_new(uv_loop_t *loop, const struct eng_options *opts, eng_event_cb
 {
     if (sodium_init() < 0)
         return ST_EINTERNAL;
+    /* Initialise libcrypto here, on the loop thread and without reading
+     * openssl.cnf: image hashing then runs on pool threads with nothing
+     * left for them to set up (and nothing to leak). */
+    if (OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL) != 1)
+        return ST_EINTERNAL;
     struct eng_engine *eng = calloc(1, sizeof(*eng));
     if (!eng)
         return ST_ENOMEM;
@@ -97,11 +105,21 @@ int eng_engine_new(uv_loop_t *loop, const struct eng_options *opts, eng_event_cb
 
 /* ---- slots ---- */
 
+/* The slot a port belongs to: named by the configuration (several ports,
+ * e.g. the USB2 and USB3 paths of one socket, may share a slot), or after
+ * the port itself. The slot remembers the port it last saw. */
 static struct eng_slot *slot_for_port(struct eng_engine *eng, const char *port, bool create)
 {
-    for (unsigned i = 0; i < eng->n_slots; i++)
-        if (!strcmp(eng->slots[i]->port, port))
+    const char *name = eng->opts.slot_name ? eng->opts.slot_name(port, eng->user_data) : NULL;
+    if (!name || !name[0])
+        name = port;
+    for (unsigned i = 0; i < eng->n_slots; i++) {
+        if (!strcmp(eng->slots[i]->name, name)) {
+            if (create && !eng->slots[i]->t)
+                snprintf(eng->slots[i]->port, sizeof(eng->slots[i]->port), "%s", port);
             return eng->slots[i];
+        }
+    }
     if (!create)
         return NULL;
     if (eng->n_slots == eng->cap_slots) {
@@ -115,8 +133,7 @@ static struct eng_slot *slot_for_port(struct eng_engine *eng, const char *port, 
     struct eng_slot *slot = calloc(1, sizeof(*slot));
     if (!slot)
         return NULL;
-    /* With no slots configured, a slot is named after its port path. */
-    snprintf(slot->name, sizeof(slot->name), "%s", port);
+    snprintf(slot->name, sizeof(slot->name), "%s", name);
     snprintf(slot->port, sizeof(slot->port), "%s", port);
     eng->slots[eng->n_slots++] = slot;
     return slot;
@@ -149,6 +166,8 @@ static void try_start(struct eng_engine *eng, struct eng_slot *slot)
         emit_slot(eng, slot, ENG_EV_WAITING);
         return;
     }
+    if (eng->opts.max_sessions && eng->active >= eng->opts.max_sessions)
+        return; /* started when a running session ends */
     int rc = eng__session_start(eng, slot, prof);
     if (rc) {
         /* Out of memory for one session: the device waits for a replug. */
@@ -180,9 +199,14 @@ void eng_engine_device_arrived(struct eng_engine *eng, struct eng_transport *t)
         struct eng_transport *old = slot->t;
         eng_engine_device_left(eng, old);
         if (slot->t == old) {
-            /* Still used by a closing driver: the new device waits its turn. */
-            eng->pending++;
-            t->ops->close(t, transport_close_done, eng);
+            /* Still used by a session that is ending: the new device waits
+             * its turn (eng__session_freed hands it over). One waits at most;
+             * an older waiting one is superseded. */
+            if (slot->queued) {
+                eng->pending++;
+                slot->queued->ops->close(slot->queued, transport_close_done, eng);
+            }
+            slot->queued = t;
             return;
         }
     }
@@ -218,6 +242,7 @@ void eng_engine_device_left(struct eng_engine *eng, struct eng_transport *t)
 
 void eng__session_freed(struct eng_engine *eng, struct eng_slot *slot, enum eng_result result)
 {
+    bool was_full = eng->opts.max_sessions && eng->active >= eng->opts.max_sessions;
     slot->session = NULL;
     slot->latched = result;
     eng->active--;
@@ -229,6 +254,18 @@ void eng__session_freed(struct eng_engine *eng, struct eng_slot *slot, enum eng_
             emit_slot(eng, slot, ENG_EV_LEFT);
         }
     }
+    if (slot->queued) {
+        struct eng_transport *next = slot->queued;
+        slot->queued = NULL;
+        if (eng->closing) {
+            eng->pending++;
+            next->ops->close(next, transport_close_done, eng);
+        } else {
+            eng_engine_device_arrived(eng, next);
+        }
+    }
+    if (was_full && !eng->closing)
+        eng__start_waiting(eng); /* a place is free for a waiting device */
     maybe_closed(eng);
 }
 
@@ -270,7 +307,7 @@ void eng_engine_close(struct eng_engine *eng, void (*cb)(struct eng_engine *eng,
     for (unsigned i = 0; i < eng->n_slots; i++) {
         struct eng_slot *slot = eng->slots[i];
         if (slot->session)
-            eng__session_abort(slot->session);
+            eng__session_abort(slot->session); /* its queued device goes when it ends */
         else
             eng__close_transport(eng, slot);
     }

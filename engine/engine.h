@@ -108,6 +108,14 @@ struct eng_options {
      * stopping) ends ABORTED without a verdict; a later verdict for it is
      * ignored.
      */
+    unsigned max_sessions;      /* at most this many at once; 0 = no limit */
+    /*
+     * Slot naming, or NULL: returns the configured slot name for a port
+     * path (the USB2 and USB3 paths of one socket may share one), or NULL
+     * to name the slot after the port. Loop thread; the string must stay
+     * valid while the engine lives.
+     */
+    const char *(*slot_name)(const char *port, void *user_data);
     void (*serial_check)(struct eng_engine *eng, int64_t session_id, const char *serial,
                          const char *recipe, const char *version, void *user_data);
 };

@@ -34,6 +34,7 @@ struct eng_slot {
     struct eng_transport *t;     /* the device on the slot, owned; NULL when empty */
     bool present;                /* t is a live device (not yet reported gone) */
     struct eng_session *session; /* running (or ending) session */
+    struct eng_transport *queued; /* arrived while the old one was still in use */
     enum eng_result latched;     /* last result, until the device leaves */
 };
 

@@ -420,7 +420,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init((char *)c->hdr + c->hdr_got, (unsigned)(sizeof(c->hdr) - c->hdr_got));
     else {
         size_t left = c->rx->len - c->rx_got;
-        *buf = uv_buf_init((char *)c->rx->data + c->rx_got, left > 1u << 30 ? 1u << 30 : (unsigned)left);
+        *buf = uv_buf_init((char *)c->rx->data + c->rx_got,
+                           left > 1u << 30 ? 1u << 30 : (unsigned)left);
     }
 }
 

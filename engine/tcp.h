@@ -60,7 +60,7 @@ struct eng_tcp_options {
     size_t max_frame;              /* larger received frames drop the link; default 1 MiB */
     unsigned queue_frames;         /* stop reading with this many frames queued; default 16 */
     size_t queue_bytes;            /* ... or this many bytes queued; default 64 KiB */
-    unsigned profile;              /* engine profile of this slot's devices (eng_transport.profile) */
+    unsigned profile; /* engine profile of this slot's devices (eng_transport.profile) */
 };
 
 /*
@@ -94,8 +94,7 @@ unsigned eng_tcp_source_arrivals(const struct eng_tcp_source *src);
  * (may be NULL) runs once nothing of the source is open. Call once.
  */
 void eng_tcp_source_stop(struct eng_tcp_source *src,
-                         void (*cb)(struct eng_tcp_source *src, void *user_data),
-                         void *user_data);
+                         void (*cb)(struct eng_tcp_source *src, void *user_data), void *user_data);
 
 /* Free a source whose stop callback has run (or NULL). */
 void eng_tcp_source_free(struct eng_tcp_source *src);

@@ -4,6 +4,15 @@
  * call from a uv_poll_t callback; work that libusb forbids there (open,
  * close) or that could re-enter it is queued and done right after
  * handle_events returns (process_deferred).
+ *
+ * DFU interfaces (class FE/01/01 run-time, FE/01/02 DFU mode) use
+ * endpoint 0 only: no bulk endpoints are needed, the transport's `dfu`
+ * field is filled from the configuration descriptor (rebuilt from
+ * libusb's parsed copy, which libusb read from sysfs: no I/O) and the alt
+ * names are read like the serial, with asynchronous control transfers.
+ * A USB reset (ops->reset, DFU 1.1 §5.1 and §7) is libusb_reset_device(),
+ * which blocks, so it runs on libuv's thread pool; the device is not
+ * reported gone, closed or freed until that work has returned.
  */
 #include "engine/usb.h"
 
@@ -17,6 +26,7 @@
 #include <string.h>
 
 #include "common/st_error.h"
+#include "engine/dfu.h"
 
 #define DEFAULT_BUDGET (16u << 20)
 #define OPEN_RETRY_EVERY_MS 100
@@ -24,7 +34,7 @@
 
 enum dev_state {
     D_NEW,          /* seen by hotplug; open pending */
-    D_SERIAL,       /* open; reading iSerial */
+    D_SERIAL,       /* open; reading iSerial (and DFU alt names) */
     D_ATTACHED,     /* handed to the engine */
     D_DROPPED,      /* not ours (no rule) or failed: waiting to be freed */
 };
@@ -52,11 +62,16 @@ struct usbdev {
     int rule;
     int iface;
     uint8_t ep_in, ep_out;
+    uint8_t cls, subclass, protocol; /* the matching interface's class triple */
+    bool dfu;                   /* a DFU interface: ep0 only */
     uint8_t iserial;
+    uint8_t alt_string[ENG_DFU_MAX_ALTS]; /* DFU: iInterface of each alt */
+    unsigned string_step;       /* 0: iSerial; 1 + n: the name of alt n */
     uint64_t first_try;         /* uv_now of the first open attempt */
     uint64_t next_try;
     bool serial_pending;        /* the iSerial control transfer is in flight */
     bool cancel_queued[3];      /* a queued (never submitted) transfer was cancelled */
+    bool done[3];               /* complete, its callback not yet delivered */
     bool gone;                  /* hotplug said it left */
     bool left_reported;
     bool claimed;
@@ -66,6 +81,11 @@ struct usbdev {
     uint8_t *ctl_buf;           /* setup + data for control transfers */
     size_t ctl_cap;
     unsigned char serial_buf[8 + 255];
+    /* a USB reset on the thread pool (DFU) */
+    struct eng_xfer *reset_x;   /* in flight, or NULL */
+    uv_work_t reset_work;
+    int reset_rc;               /* libusb's answer, written by the worker */
+    bool reset_cancel;          /* cancelled after the worker took it */
     /* closing (by the engine) */
     bool closing;
     eng_transport_close_cb close_cb;
@@ -84,6 +104,7 @@ struct eng_usb {
     uv_timer_t timer;           /* libusb timeouts (when not on timerfd) and open retries */
     uv_idle_t deferred;         /* runs process_deferred outside libusb */
     bool in_events;
+    bool in_deferred, deferred_again;
     struct usbdev *devs;
     size_t inflight;
     struct waiter *waiting;
@@ -326,6 +347,10 @@ static int match(struct eng_usb *usb, struct usbdev *d, struct libusb_device_des
                     continue;
                 found = (int)r;
                 d->iface = id->bInterfaceNumber;
+                d->cls = id->bInterfaceClass;
+                d->subclass = id->bInterfaceSubClass;
+                d->protocol = id->bInterfaceProtocol;
+                d->dfu = id->bInterfaceClass == 0xfe && id->bInterfaceSubClass == 0x01;
                 for (uint8_t e = 0; e < id->bNumEndpoints; e++) {
                     const struct libusb_endpoint_descriptor *ep = &id->endpoint[e];
                     if ((ep->bmAttributes & 3) != LIBUSB_TRANSFER_TYPE_BULK)
@@ -343,26 +368,67 @@ static int match(struct eng_usb *usb, struct usbdev *d, struct libusb_device_des
     return found;
 }
 
+/* Give up on a device: say why (if it is ours), and let process_deferred
+ * release and close it (libusb_close must not run inside libusb's event
+ * handling, where transfer callbacks are). */
 static void drop(struct usbdev *d, const char *why)
 {
     if (why)
         eng_engine_device_error(d->usb->eng, d->pub.port, why);
-    if (d->h) {
-        if (d->claimed)
-            libusb_release_interface(d->h, d->iface);
-        libusb_close(d->h);
-        d->h = NULL;
-    }
     d->state = D_DROPPED;
+    kick(d->usb);
 }
 
 static void attach(struct usbdev *d);
 static void LIBUSB_CALL xfer_done(struct libusb_transfer *lt);
 
-static void LIBUSB_CALL serial_done(struct libusb_transfer *lt)
+/* A string descriptor (bLength, bDescriptorType 3, UTF-16LE) as ASCII;
+ * what is not printable ASCII becomes '?'. */
+static void decode_string(const struct libusb_transfer *lt, char *dst, size_t cap)
+{
+    const unsigned char *p = libusb_control_transfer_get_data((struct libusb_transfer *)lt);
+    int n = lt->actual_length;
+    size_t o = 0;
+    if (n >= 2 && p[1] == LIBUSB_DT_STRING) {
+        int len = p[0] < n ? p[0] : n;
+        for (int i = 2; i + 1 < len && o + 1 < cap; i += 2)
+            dst[o++] = p[i + 1] == 0 && p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '?';
+    }
+    dst[o] = '\0';
+}
+
+static void LIBUSB_CALL string_done(struct libusb_transfer *lt);
+
+/* Read the next string the device needs before it is handed over
+ * (iSerial, then each DFU alt's iInterface), or attach it when none is
+ * left. 0, or a libusb error from the submission. */
+static int read_next_string(struct usbdev *d)
+{
+    unsigned n_alts = d->dfu ? d->pub.dfu.n_alts : 0;
+    for (; d->string_step <= n_alts; d->string_step++) {
+        uint8_t index = d->string_step == 0 ? d->iserial : d->alt_string[d->string_step - 1];
+        if (!index)
+            continue;
+        /* USB 2.0 §9.4.3 GET_DESCRIPTOR(STRING), asynchronous: no blocking call on the loop. */
+        libusb_fill_control_setup(d->serial_buf, LIBUSB_ENDPOINT_IN | LIBUSB_REQUEST_TYPE_STANDARD,
+                                  LIBUSB_REQUEST_GET_DESCRIPTOR,
+                                  (uint16_t)(LIBUSB_DT_STRING << 8 | index), /* wValue */
+                                  LANGID_EN_US, 255);                        /* wIndex, wLength */
+        libusb_fill_control_transfer(d->lt[2], d->h, d->serial_buf, string_done, d, 2000);
+        d->state = D_SERIAL;
+        int rc = libusb_submit_transfer(d->lt[2]);
+        d->serial_pending = rc == 0;
+        return rc;
+    }
+    attach(d);
+    return 0;
+}
+
+static void LIBUSB_CALL string_done(struct libusb_transfer *lt)
 {
     struct usbdev *d = lt->user_data;
     char msg[200];
+    unsigned step = d->string_step;
     d->serial_pending = false;
     if (d->state != D_SERIAL || d->usb->stopping) {
         drop(d, NULL);
@@ -374,24 +440,107 @@ static void LIBUSB_CALL serial_done(struct libusb_transfer *lt)
         kick(d->usb);
         return;
     }
-    if (lt->status != LIBUSB_TRANSFER_COMPLETED) {
+    if (step == 0 && lt->status != LIBUSB_TRANSFER_COMPLETED) {
         snprintf(msg, sizeof(msg), "%s (%04x:%04x): reading the serial number failed: %s",
                  d->pub.port, d->pub.vid, d->pub.pid, st_strerror(translate_status(lt->status)));
         drop(d, msg);
         kick(d->usb);
         return;
     }
-    /* string descriptor: bLength, bDescriptorType 3, UTF-16LE */
-    const unsigned char *p = libusb_control_transfer_get_data(lt);
-    int n = lt->actual_length;
-    size_t o = 0;
-    if (n >= 2 && p[1] == LIBUSB_DT_STRING) {
-        int len = p[0] < n ? p[0] : n;
-        for (int i = 2; i + 1 < len && o + 1 < sizeof(d->pub.usb_serial); i += 2)
-            d->pub.usb_serial[o++] = p[i + 1] == 0 && p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '?';
+    if (step == 0)
+        decode_string(lt, d->pub.usb_serial, sizeof(d->pub.usb_serial));
+    else if (lt->status == LIBUSB_TRANSFER_COMPLETED)
+        decode_string(lt, d->pub.dfu.alt_names[step - 1], ENG_DFU_ALT_NAME_MAX);
+    /* An alt name the device will not give stays "": only a DfuSe alt
+     * needs its name (the memory layout), and planning says so then. */
+    d->string_step++;
+    int rc = read_next_string(d);
+    if (rc != 0) {
+        snprintf(msg, sizeof(msg), "%s: cannot read a string descriptor: %s", d->pub.port,
+                 libusb_error_name(rc));
+        drop(d, msg);
+        kick(d->usb);
     }
-    d->pub.usb_serial[o] = '\0';
-    attach(d);
+}
+
+/* The configuration descriptor as the device sends it, rebuilt from
+ * libusb's parsed copy (USB 2.0 §9.6.3-9.6.6; class descriptors such as
+ * DFU's functional descriptor are kept in `extra` in their place).
+ * Returns the length, or 0 when it does not fit in `cap`. */
+static size_t rebuild_config(const struct libusb_config_descriptor *cfg, uint8_t *buf, size_t cap)
+{
+    size_t o = 0;
+#define PUT(ptr, len)                                                                              \
+    do {                                                                                           \
+        if (o + (size_t)(len) > cap)                                                               \
+            return 0;                                                                              \
+        if (len)                                                                                   \
+            memcpy(buf + o, (ptr), (size_t)(len));                                                 \
+        o += (size_t)(len);                                                                        \
+    } while (0)
+    const uint8_t head[9] = {9, LIBUSB_DT_CONFIG, 0, 0, cfg->bNumInterfaces,
+                             cfg->bConfigurationValue, cfg->iConfiguration, cfg->bmAttributes,
+                             cfg->MaxPower};
+    PUT(head, 9);
+    PUT(cfg->extra, cfg->extra_length);
+    for (uint8_t i = 0; i < cfg->bNumInterfaces; i++) {
+        const struct libusb_interface *itf = &cfg->interface[i];
+        for (int a = 0; a < itf->num_altsetting; a++) {
+            const struct libusb_interface_descriptor *id = &itf->altsetting[a];
+            const uint8_t ifd[9] = {9,
+                                    LIBUSB_DT_INTERFACE,
+                                    id->bInterfaceNumber,
+                                    id->bAlternateSetting,
+                                    id->bNumEndpoints,
+                                    id->bInterfaceClass,
+                                    id->bInterfaceSubClass,
+                                    id->bInterfaceProtocol,
+                                    id->iInterface};
+            PUT(ifd, 9);
+            PUT(id->extra, id->extra_length);
+            for (uint8_t e = 0; e < id->bNumEndpoints; e++) {
+                const struct libusb_endpoint_descriptor *ep = &id->endpoint[e];
+                const uint8_t epd[7] = {7,
+                                        LIBUSB_DT_ENDPOINT,
+                                        ep->bEndpointAddress,
+                                        ep->bmAttributes,
+                                        (uint8_t)ep->wMaxPacketSize,
+                                        (uint8_t)(ep->wMaxPacketSize >> 8),
+                                        ep->bInterval};
+                PUT(epd, 7);
+                PUT(ep->extra, ep->extra_length);
+            }
+        }
+    }
+#undef PUT
+    buf[2] = (uint8_t)o;
+    buf[3] = (uint8_t)(o >> 8);
+    return o;
+}
+
+/* DFU: fill pub.dfu and the alt string indices from the configuration
+ * that matched. 0, or -1 when it has no usable DFU interface. */
+static int read_dfu_info(struct usbdev *d, const struct libusb_device_descriptor *dd)
+{
+    struct libusb_config_descriptor *cfg = NULL;
+    uint8_t *buf = malloc(65535);
+    int rc = -1;
+    if (!buf)
+        return -1;
+    if (libusb_get_active_config_descriptor(d->dev, &cfg) != 0 &&
+        libusb_get_config_descriptor(d->dev, 0, &cfg) != 0)
+        goto out_free_buf;
+    size_t len = rebuild_config(cfg, buf, 65535);
+    if (len && eng_dfu_parse_config(buf, len, &d->pub.dfu, d->alt_string) == 0) {
+        d->pub.dfu.bcd_device = dd->bcdDevice;
+        d->iface = d->pub.dfu.interface;
+        d->pub.protocol_kind = ENG_PROTO_DFU;
+        rc = 0;
+    }
+    libusb_free_config_descriptor(cfg);
+out_free_buf:
+    free(buf);
+    return rc;
 }
 
 static void try_open(struct usbdev *d)
@@ -415,9 +564,16 @@ static void try_open(struct usbdev *d)
         d->state = D_DROPPED; /* not a device of ours */
         return;
     }
-    if (d->rule == -2 || !d->ep_in || !d->ep_out) {
+    if (d->rule == -2 || (!d->dfu && (!d->ep_in || !d->ep_out))) {
         snprintf(msg, sizeof(msg), "%s (%04x:%04x): broken or incomplete USB descriptors", d->pub.port,
                  dd.idVendor, dd.idProduct);
+        drop(d, msg);
+        return;
+    }
+    if (d->dfu && read_dfu_info(d, &dd) != 0) {
+        snprintf(msg, sizeof(msg),
+                 "%s (%04x:%04x): DFU interface without a usable DFU functional descriptor",
+                 d->pub.port, dd.idVendor, dd.idProduct);
         drop(d, msg);
         return;
     }
@@ -463,19 +619,8 @@ static void try_open(struct usbdev *d)
             return;
         }
     }
-    if (!d->iserial) {
-        attach(d);
-        return;
-    }
-    /* USB 2.0 §9.4.3 GET_DESCRIPTOR(STRING), asynchronous: no blocking call on the loop. */
-    libusb_fill_control_setup(d->serial_buf, LIBUSB_ENDPOINT_IN | LIBUSB_REQUEST_TYPE_STANDARD,
-                              LIBUSB_REQUEST_GET_DESCRIPTOR,
-                              (uint16_t)(LIBUSB_DT_STRING << 8 | d->iserial), /* wValue */
-                              LANGID_EN_US, 255);                             /* wIndex, wLength */
-    libusb_fill_control_transfer(d->lt[2], d->h, d->serial_buf, serial_done, d, 2000);
-    d->state = D_SERIAL;
-    rc = libusb_submit_transfer(d->lt[2]);
-    d->serial_pending = rc == 0;
+    d->string_step = 0;
+    rc = read_next_string(d);
     if (rc != 0) {
         snprintf(msg, sizeof(msg), "%s: cannot read the serial number: %s", d->pub.port,
                  libusb_error_name(rc));
@@ -506,13 +651,20 @@ static void free_dev(struct eng_usb *usb, struct usbdev *d)
 
 static bool transfers_in_flight(const struct usbdev *d)
 {
-    return d->x[0] || d->x[1] || d->x[2];
+    return d->x[0] || d->x[1] || d->x[2] || d->reset_x;
 }
 
 static void process_deferred(struct eng_usb *usb)
 {
     if (usb->in_events)
         return;
+    if (usb->in_deferred) {
+        usb->deferred_again = true; /* a callback below asked for another pass */
+        return;
+    }
+    usb->in_deferred = true;
+again:
+    usb->deferred_again = false;
     struct usbdev *d = usb->devs, *next;
     for (; d; d = next) {
         next = d->next;
@@ -525,6 +677,14 @@ static void process_deferred(struct eng_usb *usb)
             break;
         case D_ATTACHED:
             for (int k = 0; k < 3; k++) {
+                if (d->done[k]) {
+                    struct eng_xfer *x = d->x[k];
+                    d->done[k] = false;
+                    d->x[k] = NULL;
+                    /* the loop time the callback's timers start from */
+                    uv_update_time(usb->loop);
+                    x->cb(x);
+                }
                 if (d->cancel_queued[k] && d->x[k]) {
                     struct eng_xfer *x = d->x[k];
                     d->cancel_queued[k] = false;
@@ -534,7 +694,8 @@ static void process_deferred(struct eng_usb *usb)
                     x->cb(x);
                 }
             }
-            if (d->gone && !d->left_reported) {
+            /* A reset's callback comes before the departure it causes. */
+            if (d->gone && !d->left_reported && !d->reset_x) {
                 d->left_reported = true;
                 eng_engine_device_left(usb->eng, &d->pub);
             }
@@ -552,6 +713,9 @@ static void process_deferred(struct eng_usb *usb)
         if (d->state == D_DROPPED && !transfers_in_flight(d) && !d->serial_pending)
             free_dev(usb, d);
     }
+    if (usb->deferred_again)
+        goto again;
+    usb->in_deferred = false;
 }
 
 /* ---- the transport ---- */
@@ -576,6 +740,8 @@ static int really_submit(struct usbdev *d, struct eng_xfer *x)
         memcpy(d->ctl_buf, x->setup, 8);
         if (!(x->setup[0] & LIBUSB_ENDPOINT_IN) && x->len)
             memcpy(d->ctl_buf + 8, x->buf, x->len);
+        else if (x->len)
+            memset(d->ctl_buf + 8, 0, x->len); /* usbfs copies the whole buffer in */
         libusb_fill_control_transfer(lt, d->h, d->ctl_buf, xfer_done, d, 0);
     } else {
         libusb_fill_bulk_transfer(lt, d->h, k == 0 ? d->ep_out : d->ep_in, x->buf, (int)x->len,
@@ -600,39 +766,47 @@ static void submit_waiting(struct eng_usb *usb)
             return; /* usbfs is full: wait for a completion */
         usb->waiting = w->next;
         if (rc) {
+            /* delivered by process_deferred(), like every completion */
             struct eng_xfer *x = w->x;
-            w->d->x[kind_of(x)] = NULL;
             x->status = rc;
             x->actual = 0;
+            w->d->done[kind_of(x)] = true;
             free(w);
-            x->cb(x);
+            kick(usb);
             continue;
         }
         free(w);
     }
 }
 
+/*
+ * libusb calls this from inside libusb_handle_events*(). The driver's
+ * callback is not called from here but from process_deferred(), right
+ * after handle_events returns: libusb reaps every URB that is ready in
+ * one pass and a callback usually submits the next request; a device
+ * that answers at once (a DFU GETSTATUS, the usbdevfs harness) would
+ * then keep one handle_events call going for a whole download, and the
+ * loop would serve no timer, no other fd and no thread-pool completion
+ * meanwhile. The transfer keeps its slot (d->x[k]) until delivered, so
+ * close waits for it.
+ */
 static void LIBUSB_CALL xfer_done(struct libusb_transfer *lt)
 {
     struct usbdev *d = lt->user_data;
     int k = lt == d->lt[0] ? 0 : lt == d->lt[1] ? 1 : 2;
     struct eng_xfer *x = d->x[k];
-    d->x[k] = NULL;
-    if (!x)
+    if (!x || d->done[k])
         return;
     d->usb->inflight -= x->len;
     x->status = translate_status(lt->status);
     x->actual = (size_t)lt->actual_length;
     if (k == 2 && x->status == 0 && (x->setup[0] & LIBUSB_ENDPOINT_IN))
         memcpy(x->buf, d->ctl_buf + 8, x->actual < x->len ? x->actual : x->len);
-    if (x->status == ST_ENODEV) {
+    if (x->status == ST_ENODEV)
         d->gone = true;
-        kick(d->usb);
-    }
-    x->cb(x);
+    d->done[k] = true;
+    kick(d->usb);
     submit_waiting(d->usb);
-    if (d->closing)
-        kick(d->usb);
 }
 
 static int usb_submit(struct eng_transport *t, struct eng_xfer *x)
@@ -643,8 +817,8 @@ static int usb_submit(struct eng_transport *t, struct eng_xfer *x)
         return ST_ECLOSED;
     if (d->gone)
         return ST_ENODEV;
-    if (d->x[kind_of(x)])
-        return ST_EBUSY;
+    if (d->x[kind_of(x)] || d->reset_x)
+        return ST_EBUSY; /* one per kind; nothing while the device resets */
     if (x->len > 0x7fffffff)
         return ST_EINVAL;
     x->status = 0;
@@ -685,6 +859,13 @@ static bool unqueue(struct eng_usb *usb, struct eng_xfer *x)
 static int usb_cancel(struct eng_transport *t, struct eng_xfer *x)
 {
     struct usbdev *d = (struct usbdev *)t;
+    if (x == d->reset_x) {
+        /* Not started: the work is dropped and reset_after() reports it
+         * cancelled. Started: it cannot be stopped; it ends cancelled. */
+        if (uv_cancel((uv_req_t *)&d->reset_work) != 0)
+            d->reset_cancel = true;
+        return 0;
+    }
     int k = kind_of(x);
     if (d->x[k] != x)
         return ST_EINVAL;
@@ -698,6 +879,59 @@ static int usb_cancel(struct eng_transport *t, struct eng_xfer *x)
     return rc == 0 || rc == LIBUSB_ERROR_NOT_FOUND ? 0 : translate(rc);
 }
 
+/* ---- USB reset (DFU), on the thread pool ---- */
+
+/* Worker thread: libusb_reset_device() blocks for the reset and the
+ * re-claim. The loop thread keeps handling libusb events meanwhile and
+ * touches nothing of this device's handle but reset_x. */
+static void reset_work(uv_work_t *w)
+{
+    struct usbdev *d = w->data;
+    d->reset_rc = libusb_reset_device(d->h);
+}
+
+static void reset_after(uv_work_t *w, int status)
+{
+    struct usbdev *d = w->data;
+    struct eng_xfer *x = d->reset_x;
+    d->reset_x = NULL;
+    x->actual = 0;
+    if (status == UV_ECANCELED || d->reset_cancel)
+        x->status = ST_ECANCELED;
+    else if (d->reset_rc == 0)
+        x->status = 0;
+    else if (d->reset_rc == LIBUSB_ERROR_NOT_FOUND || d->reset_rc == LIBUSB_ERROR_NO_DEVICE)
+        /* The device came back different (another mode): it re-enumerates;
+         * the old handle is dead, which is what a DFU reset is for. */
+        x->status = ST_ENODEV;
+    else
+        x->status = translate(d->reset_rc);
+    d->reset_cancel = false;
+    x->cb(x);
+    kick(d->usb); /* a departure or a close may wait for this */
+}
+
+static int usb_reset(struct eng_transport *t, struct eng_xfer *x)
+{
+    struct usbdev *d = (struct usbdev *)t;
+    if (d->closing)
+        return ST_ECLOSED;
+    if (d->gone)
+        return ST_ENODEV;
+    if (d->reset_x || d->x[0] || d->x[1] || d->x[2])
+        return ST_EBUSY; /* never reset under a transfer in flight */
+    d->reset_work.data = d;
+    d->reset_cancel = false;
+    d->reset_rc = 0;
+    int rc = uv_queue_work(d->usb->loop, &d->reset_work, reset_work, reset_after);
+    if (rc != 0)
+        return ST_EIO;
+    x->status = 0;
+    x->actual = 0;
+    d->reset_x = x;
+    return 0;
+}
+
 static void usb_close(struct eng_transport *t, eng_transport_close_cb cb, void *user_data)
 {
     struct usbdev *d = (struct usbdev *)t;
@@ -707,6 +941,8 @@ static void usb_close(struct eng_transport *t, eng_transport_close_cb cb, void *
     for (int k = 0; k < 3; k++)
         if (d->x[k])
             usb_cancel(t, d->x[k]);
+    if (d->reset_x)
+        usb_cancel(t, d->reset_x);
     kick(d->usb);
 }
 
@@ -715,6 +951,7 @@ static const struct eng_transport_ops usb_ops = {
     .submit = usb_submit,
     .cancel = usb_cancel,
     .close = usb_close,
+    .reset = usb_reset,
 };
 
 static void attach(struct usbdev *d)

@@ -15,6 +15,9 @@
 
 static const char run_usage[] =
     "usage: station run [options]\n"
+    "  -c, --config FILE   station.ini: slots, profiles, recipes (USB devices by default)\n"
+    "  --usb               flash USB devices (with no -c: the built-in demo recipe, for\n"
+    "                      training and the test harness only)\n"
     "  --simulate N        serve N virtual fastboot devices (the simulated rack)\n"
     "  --tcp HOST:PORT     a fastboot-over-TCP device (network slot); repeatable;\n"
     "                      HOST:FIRST-LAST is one slot per port (see 'station sim')\n"
@@ -45,7 +48,7 @@ static const char run_usage[] =
 int st_cmd_run(int argc, char **argv)
 {
     enum {
-        O_SIMULATE = 1000, O_HEADLESS, O_EXIT_AFTER, O_DB, O_FAULT, O_PACE, O_IMAGE,
+        O_SIMULATE = 1000, O_USB, O_HEADLESS, O_EXIT_AFTER, O_DB, O_FAULT, O_PACE, O_IMAGE,
         O_SYSTEM_MIB, O_MAX_DOWNLOAD, O_REPLUG, O_TIMEOUT, O_INFO, O_STATION_ID, O_HELP,
         O_LOG_FORMAT,
         O_SERIAL_POLICY, O_SEED, O_DB_TIMEOUT,
@@ -53,6 +56,8 @@ int st_cmd_run(int argc, char **argv)
     };
     static const struct option longopts[] = {
         {"simulate", required_argument, NULL, O_SIMULATE},
+        {"config", required_argument, NULL, 'c'},
+        {"usb", no_argument, NULL, O_USB},
         {"tcp", required_argument, NULL, O_TCP},
         {"headless", no_argument, NULL, O_HEADLESS},
         {"exit-after", required_argument, NULL, O_EXIT_AFTER},
@@ -84,8 +89,11 @@ int st_cmd_run(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":c:", longopts, NULL)) != -1) {
         switch (c) {
         case 'c':
-            return st_usage_error("-c %s: configuration files are not supported yet; "
-                               "run without -c for the simulated rack", optarg);
+            o.config_path = optarg;
+            break;
+        case O_USB:
+            o.usb = true;
+            break;
         case O_SIMULATE:
             if (st_parse_uint("--simulate", optarg, 999, &v))
                 return ST_EXIT_USAGE;
@@ -195,9 +203,9 @@ int st_cmd_run(int argc, char **argv)
     }
     if (optind < argc)
         return st_usage_error("unexpected argument '%s' for 'station run'", argv[optind]);
-    if (!o.simulate && !o.n_tcp)
-        return st_usage_error("%s", "nothing to do: real USB devices are not supported yet; "
-                                 "use --simulate N or --tcp HOST:PORT");
+    if (!o.simulate && !o.n_tcp && !o.usb && !o.config_path)
+        return st_usage_error("%s", "nothing to do: give -c station.ini for a real line, or "
+                                 "--simulate N, --tcp HOST:PORT or --usb (built-in demo recipe)");
     return st_run(&o);
 }
 

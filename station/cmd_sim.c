@@ -79,8 +79,22 @@ static int parse_ms(const char *opt, const char *arg, unsigned *out)
 int st_cmd_sim(int argc, char **argv)
 {
     enum {
-        O_TCP = 1000, O_COUNT, O_ANY, O_FAULT, O_PACE, O_MAX_DOWNLOAD, O_AB, O_PRODUCT, O_INFO,
-        O_KEEP, O_DUMP, O_DUMP_DOWNLOADS, O_OFFLINE, O_REENUM, O_QUIET, O_HELP,
+        O_TCP = 1000,
+        O_COUNT,
+        O_ANY,
+        O_FAULT,
+        O_PACE,
+        O_MAX_DOWNLOAD,
+        O_AB,
+        O_PRODUCT,
+        O_INFO,
+        O_KEEP,
+        O_DUMP,
+        O_DUMP_DOWNLOADS,
+        O_OFFLINE,
+        O_REENUM,
+        O_QUIET,
+        O_HELP,
     };
     static const struct option longopts[] = {
         {"tcp", required_argument, NULL, O_TCP},

@@ -30,7 +30,7 @@ enum client_state { C_HANDSHAKE, C_HEADER, C_PAYLOAD };
 struct client {
     struct st_sim *sim;
     struct client *next, *prev; /* every client not yet freed */
-    struct simdev *d; /* NULL once detached from its device */
+    struct simdev *d;           /* NULL once detached from its device */
     uv_tcp_t tcp;
     uv_timer_t pace;
     uv_shutdown_t shut;
@@ -44,21 +44,21 @@ struct client {
     uint64_t left;   /* payload bytes still to come in this frame */
     bool data_frame; /* this frame started in the data phase */
     char cmd[COMMAND_ROOM + 1];
-    size_t cmd_len;  /* saturates at COMMAND_ROOM */
+    size_t cmd_len; /* saturates at COMMAND_ROOM */
     double busy_until_ms;
     uint8_t rbuf[RBUF_SIZE];
 };
 
 struct simdev {
     struct st_sim *sim;
-    unsigned n;       /* 1-based */
+    unsigned n; /* 1-based */
     uint16_t port;
     struct eng_vfb *dev;
     unsigned units;
     bool away;
-    bool fresh_next;  /* come back as a new unit */
+    bool fresh_next; /* come back as a new unit */
     uv_tcp_t *listener;
-    bool pending;     /* a connection waits to be accepted */
+    bool pending; /* a connection waits to be accepted */
     struct client *client;
     uv_timer_t timer;
     unsigned connections;
@@ -649,8 +649,8 @@ static int add_fault(struct st_sim *sim, const char *spec, char *err, size_t err
     char *end;
     unsigned long n = strtoul(spec, &end, 10);
     if (end == spec || *end != ':' || n < 1 || n > sim->opts.count)
-        return errf(err, errlen, ST_EINVAL,
-                    "--fault %s: expected N:KIND=ARG with N from 1 to %u", spec, sim->opts.count);
+        return errf(err, errlen, ST_EINVAL, "--fault %s: expected N:KIND=ARG with N from 1 to %u",
+                    spec, sim->opts.count);
     const char *kind = end + 1;
     struct simdev *d = &sim->devs[n - 1];
     if (strlen(kind) >= FAULT_MAX || d->n_faults == MAX_FAULTS_PER_DEVICE)
@@ -665,7 +665,8 @@ static int add_fault(struct st_sim *sim, const char *spec, char *err, size_t err
         if (eng_vfb_parse_fault(&probe, kind) != 0)
             return errf(err, errlen, ST_EINVAL,
                         "--fault %s: unknown fault (expected fail=CMD, fail-at=K:CMD, silent=CMD, "
-                        "garbage=CMD, oversize=CMD or disconnect=BYTES)", spec);
+                        "garbage=CMD, oversize=CMD or disconnect=BYTES)",
+                        spec);
     }
     snprintf(d->faults[d->n_faults++], FAULT_MAX, "%s", kind);
     return 0;
@@ -743,7 +744,8 @@ int st_sim_new(uv_loop_t *loop, const struct st_sim_options *opts, struct st_sim
     if (!is_loopback(&sim->addr) && !sim->opts.any_address) {
         rc = errf(err, errlen, ST_EACCES,
                   "--tcp %s: not a loopback address; add --any-address to serve virtual devices "
-                  "on the network", sim->host);
+                  "on the network",
+                  sim->host);
         goto out_free;
     }
     if (sim->opts.pace_mbps < 0) {

@@ -54,23 +54,23 @@
 struct st_sim;
 
 struct st_sim_options {
-    const char *host;          /* numeric address or "localhost"; default 127.0.0.1 */
-    uint16_t port;             /* first port */
-    unsigned count;            /* devices; default 1 */
-    bool any_address;          /* allow a HOST that is not loopback */
+    const char *host;                      /* numeric address or "localhost"; default 127.0.0.1 */
+    uint16_t port;                         /* first port */
+    unsigned count;                        /* devices; default 1 */
+    bool any_address;                      /* allow a HOST that is not loopback */
     const char *faults[ST_SIM_MAX_FAULTS]; /* "N:KIND=ARG" */
     unsigned n_faults;
-    double pace_mbps;          /* read at most this fast per device; 0 = unpaced */
-    uint64_t max_download;     /* the devices' max-download-size; 0 = the model's default */
+    double pace_mbps;      /* read at most this fast per device; 0 = unpaced */
+    uint64_t max_download; /* the devices' max-download-size; 0 = the model's default */
     bool ab_slots;
-    const char *product;       /* default: the model's ("simphone") */
-    unsigned info_lines;       /* INFO lines per flash */
-    bool keep_data;            /* keep partition bytes (implied by dump_dir) */
-    const char *dump_dir;      /* tests only (see above); NULL = none */
+    const char *product;  /* default: the model's ("simphone") */
+    unsigned info_lines;  /* INFO lines per flash */
+    bool keep_data;       /* keep partition bytes (implied by dump_dir) */
+    const char *dump_dir; /* tests only (see above); NULL = none */
     bool dump_downloads;
-    unsigned offline_ms;       /* away after reboot/disconnect; default 3000 */
-    unsigned reenum_ms;        /* away after reboot-bootloader; default 300 */
-    FILE *log;                 /* one line per connection event; NULL = quiet */
+    unsigned offline_ms; /* away after reboot/disconnect; default 3000 */
+    unsigned reenum_ms;  /* away after reboot-bootloader; default 300 */
+    FILE *log;           /* one line per connection event; NULL = quiet */
 };
 
 /*
@@ -82,7 +82,9 @@ struct st_sim_options {
 int st_sim_new(uv_loop_t *loop, const struct st_sim_options *opts, struct st_sim **out, char *err,
                size_t errlen);
 
-/* The current unit on device `n` (1-based), or NULL while it is away. */
+/* The unit on device `n` (1-based): the current one, or while the device is
+ * away the one that left (freed when a fresh unit replaces it). NULL for
+ * a bad `n`. */
 struct eng_vfb *st_sim_device(struct st_sim *sim, unsigned n);
 
 /* Connections accepted on device `n` so far. */

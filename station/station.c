@@ -15,12 +15,16 @@
 #include <uv.h>
 
 #include "common/st_error.h"
+#include "config/config.h"
 #include "config/recipe.h"
 #include "db/db.h"
 #include "engine/engine.h"
 #include "engine/tcp.h"
+#include "engine/trust.h"
+#include "engine/usb.h"
 #include "engine/virt/rack.h"
 #include "station/serials.h"
+#include "station/usb_rules.h"
 #include "ui/dashboard.h"
 #include "ui/headless.h"
 #include "ui/model.h"
@@ -32,6 +36,11 @@ struct station {
     struct db *db;
     struct eng_engine *eng;
     struct eng_rack *rack;
+    struct cfg_config *cfg;      /* NULL: the built-in demo recipe */
+    struct eng_usb *usb;         /* USB devices, when flashing them */
+    struct eng_pubkey signer;
+    unsigned profiles_loading;   /* profiles whose images are not loaded yet */
+    bool profiles_failed;
     struct eng_tcp_source **tcp; /* network slots (--tcp), created once images loaded */
     unsigned n_tcp;
     unsigned sources_running;    /* device sources not yet stopped, +1 while stopping them */
@@ -204,6 +213,9 @@ static void on_event(const struct eng_event *ev, void *user_data)
     ui_model_event(&st->model, ev);
     ui_headless_event(st->out, ev);
     switch (ev->type) {
+    case ENG_EV_DEVICE_ERROR:
+        note(st, UI_NOTE_ERROR, "%s: %s", ev->slot, ev->text ? ev->text : "device error");
+        break;
     case ENG_EV_SESSION_BEGIN:
         st_serials_begin(st->serials, ev->session_id, ev->slot);
         record_begin(st, ev);
@@ -252,10 +264,19 @@ static void on_db_stopped(struct db *db, void *user_data)
         ui_dash_close(st->dash, NULL, NULL);
 }
 
-static void on_engine_closed(struct eng_engine *eng, void *user_data)
+static void on_usb_closed(struct eng_usb *usb, void *user_data)
 {
     struct station *st = user_data;
     db_writer_stop(st->db, on_db_stopped, st);
+}
+
+static void on_engine_closed(struct eng_engine *eng, void *user_data)
+{
+    struct station *st = user_data;
+    if (st->usb)
+        eng_usb_close(st->usb, on_usb_closed, st); /* libusb events flowed until now */
+    else
+        db_writer_stop(st->db, on_db_stopped, st);
 }
 
 /* Device sources (rack, TCP) stop first so that no device arrives while
@@ -292,6 +313,8 @@ static void shutdown_station(struct station *st, int exit_code)
         st->sources_running++;
         eng_tcp_source_stop(st->tcp[i], on_tcp_stopped, st);
     }
+    if (st->usb)
+        eng_usb_stop(st->usb);
     source_stopped(st);
 }
 
@@ -367,14 +390,18 @@ static void on_ui_action(enum ui_action action, void *user_data)
     }
 }
 
+static int config_tcp_sources(struct station *st);
+
 static void on_loaded(int status, const char *message, void *user_data)
 {
     struct station *st = user_data;
     if (status) {
         errorf(st, "%s", message);
+        st->profiles_failed = true;
         shutdown_station(st, ST_EXIT_USAGE);
-        return;
     }
+    if (--st->profiles_loading > 0 || st->profiles_failed)
+        return; /* devices are taken once every profile is ready */
     unsigned n;
     const struct eng_image_info *im = eng_engine_images(st->eng, &n);
     for (unsigned i = 0; i < n; i++)
@@ -382,11 +409,89 @@ static void on_loaded(int status, const char *message, void *user_data)
                          im[i].path, im[i].size, im[i].sha256);
     if (st->rack)
         eng_rack_start(st->rack);
-    if (st->opts->n_tcp && !st->stopping) {
+    if ((st->opts->n_tcp || st->cfg) && !st->stopping) {
         st->tcp = calloc(ST_MAX_TCP_PORTS, sizeof(*st->tcp));
-        if (!st->tcp || tcp_sources(st, true) < 0)
+        if (!st->tcp || tcp_sources(st, true) < 0 || config_tcp_sources(st) < 0)
             shutdown_station(st, ST_EXIT_INTERNAL);
     }
+    if (st->usb && !st->stopping) {
+        int rc = eng_usb_start(st->usb);
+        if (rc) {
+            errorf(st, "cannot watch USB devices: %s", st_strerror(rc));
+            shutdown_station(st, ST_EXIT_INTERNAL);
+        }
+    }
+}
+
+/* The configuration's network slots: every `match = tcp:HOST:PORT`. */
+static int config_tcp_sources(struct station *st)
+{
+    if (!st->cfg)
+        return 0;
+    for (unsigned p = 0; p < st->cfg->n_profiles; p++) {
+        const struct cfg_profile *pr = &st->cfg->profiles[p];
+        for (unsigned m = 0; m < pr->n_matches; m++) {
+            const struct cfg_match *mt = &pr->matches[m];
+            if (mt->kind != CFG_MATCH_TCP)
+                continue;
+            if (st->n_tcp == ST_MAX_TCP_PORTS) {
+                errorf(st, "%s: more than %u network slots", st->cfg->path, ST_MAX_TCP_PORTS);
+                return -1;
+            }
+            struct eng_tcp_options to = {.profile = p};
+            int rc = eng_tcp_source_new(&st->loop, st->eng, mt->host, mt->port, &to,
+                                        &st->tcp[st->n_tcp]);
+            if (rc) {
+                errorf(st, "profile %s: tcp:%s:%u: %s", pr->name, mt->host, mt->port,
+                       st_strerror(rc));
+                return -1;
+            }
+            st->n_tcp++;
+        }
+    }
+    return 0;
+}
+
+static const char *slot_name(const char *port, void *user_data)
+{
+    struct station *st = user_data;
+    const struct cfg_slot *slot = st->cfg ? cfg_slot_for_port(st->cfg, port) : NULL;
+    return slot ? slot->name : NULL;
+}
+
+/* One engine profile per configured profile, in order (their indexes are
+ * the ones USB rules and TCP sources name). */
+static int add_config_profiles(struct station *st)
+{
+    const struct cfg_config *cfg = st->cfg;
+    bool have_key = false;
+    char err[CFG_ERROR_MAX];
+    if (cfg->minisign_key[0]) {
+        if (eng_trust_load_pubkey(cfg->minisign_key, &st->signer, err, sizeof(err)) != 0) {
+            errorf(st, "%s", err);
+            return -1;
+        }
+        have_key = true;
+    }
+    st->profiles_loading = cfg->n_profiles;
+    for (unsigned p = 0; p < cfg->n_profiles; p++) {
+        const struct cfg_profile *pr = &cfg->profiles[p];
+        struct eng_profile_options po = {
+            .reply_timeout_ms = pr->timeout_ms,
+            .min_rate_bps = pr->min_rate_bps,
+            .retries = pr->retries,
+            .signer = have_key ? &st->signer : NULL,
+            .require_signatures = cfg->require_signatures,
+        };
+        int rc = eng_engine_add_profile(st->eng, pr->name, pr->recipe, &po, on_loaded, st, NULL);
+        if (rc) {
+            errorf(st, "profile %s: cannot load recipe %s: %s", pr->name, pr->recipe_path,
+                   st_strerror(rc));
+            st->profiles_loading -= cfg->n_profiles - p;
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int apply_image_overrides(struct station *st, struct cfg_recipe *r)
@@ -432,23 +537,49 @@ int st_run(const struct st_run_options *o)
         opts.out = stdout;
     if (!opts.err)
         opts.err = stderr;
+    st->opts = &opts;
+    if (opts.config_path) {
+        char err[CFG_ERROR_MAX];
+        if (cfg_load(opts.config_path, &st->cfg, err, sizeof(err)) != 0) {
+            errorf(st, "%s", err);
+            return ST_EXIT_USAGE;
+        }
+        if (!opts.db_path)
+            opts.db_path = st->cfg->db;
+        if (!opts.station_id && st->cfg->id[0])
+            opts.station_id = st->cfg->id;
+        if (opts.n_images) {
+            errorf(st, "--image: with -c, images come from the recipe files");
+            cfg_free(st->cfg);
+            return ST_EXIT_USAGE;
+        }
+    }
     if (!opts.db_path)
         opts.db_path = "station.db";
-    st->opts = &opts;
     if (opts.station_id)
         snprintf(st->station_id, sizeof(st->station_id), "%s", opts.station_id);
     else if (gethostname(st->station_id, sizeof(st->station_id) - 1) != 0)
         snprintf(st->station_id, sizeof(st->station_id), "station");
 
-    cfg_recipe_default(&recipe, opts.system_bytes);
-    if (apply_image_overrides(st, &recipe) != 0)
+    if (st->cfg && st->cfg->n_profiles)
+        recipe = *st->cfg->profiles[0].recipe; /* for the header; each profile has its own */
+    else
+        cfg_recipe_default(&recipe, opts.system_bytes);
+    if (apply_image_overrides(st, &recipe) != 0 ||
+        (opts.n_tcp && tcp_sources(st, false) <= 0)) {
+        cfg_free(st->cfg);
         return ST_EXIT_USAGE;
-    if (opts.n_tcp && tcp_sources(st, false) <= 0)
+    }
+    if (st->cfg && !st->cfg->n_profiles) {
+        errorf(st, "%s: no [profile] section: nothing to flash", st->cfg->path);
+        cfg_free(st->cfg);
         return ST_EXIT_USAGE;
+    }
 
     rc = db_open(opts.db_path, &st->db, errbuf, sizeof(errbuf));
     if (rc) {
         errorf(st, "%s", errbuf);
+        cfg_free(st->cfg);
         return ST_EXIT_USAGE;
     }
     if (opts.db_busy_ms)
@@ -477,6 +608,8 @@ int st_run(const struct st_run_options *o)
         .first_session_id = db_next_session_id(st->db),
         .reply_timeout_ms = opts.reply_timeout_ms,
         .serial_check = on_serial_check,
+        .slot_name = slot_name,
+        .max_sessions = st->cfg ? st->cfg->max_sessions : 0,
     };
     rc = eng_engine_new(&st->loop, &eo, on_event, st, &st->eng);
     if (rc) {
@@ -484,16 +617,32 @@ int st_run(const struct st_run_options *o)
         goto out_loop;
     }
     if (opts.simulate) {
+        /* [simulate] gives the defaults; command-line options win. */
+        const struct cfg_simulate *cs = st->cfg && st->cfg->simulate.present ? &st->cfg->simulate
+                                                                              : NULL;
+        unsigned profile = 0;
+        if (cs && cs->profile[0])
+            for (unsigned p = 0; p < st->cfg->n_profiles; p++)
+                if (!strcmp(st->cfg->profiles[p].name, cs->profile))
+                    profile = p;
         struct eng_rack_options ro = {
             .count = opts.simulate,
-            .pace_mbps = opts.pace_mbps < 0 ? 8.0 : opts.pace_mbps,
-            .max_download = opts.max_download,
-            .plug_interval_ms = 20,
-            .replug_ms = opts.replug_ms ? opts.replug_ms : 1500,
+            .pace_mbps = opts.pace_mbps >= 0 ? opts.pace_mbps : cs ? cs->pace_mbps : 8.0,
+            .max_download = opts.max_download ? opts.max_download : cs ? cs->max_download : 0,
+            .plug_interval_ms = cs && cs->plug_interval_ms ? cs->plug_interval_ms : 20,
+            .replug_ms = opts.replug_ms ? opts.replug_ms
+                         : cs && cs->replug_ms ? cs->replug_ms : 1500,
             .max_units = opts.exit_after,
             .info_lines = opts.info_lines,
-            .seed = opts.seed,
+            .seed = opts.seed ? opts.seed : cs ? cs->seed : 0,
+            .profile = profile,
         };
+        if (st->cfg && st->cfg->profiles[profile].protocol == CFG_PROTO_DFU) {
+            errorf(st, "--simulate: profile %s is DFU; the simulated rack serves fastboot devices",
+                   st->cfg->profiles[profile].name);
+            exit_code = ST_EXIT_USAGE;
+            goto out_engine;
+        }
         rc = eng_rack_new(&st->loop, st->eng, &ro, &st->rack);
         if (rc) {
             errorf(st, "--simulate %u: %s", opts.simulate, st_strerror(rc));
@@ -511,10 +660,29 @@ int st_run(const struct st_run_options *o)
                 goto out_engine;
             }
         }
+        for (unsigned i = 0; cs && i < cs->n_faults && !opts.n_faults; i++) {
+            rc = eng_rack_add_fault_spec(st->rack, cs->faults[i]);
+            if (rc) {
+                errorf(st, "%s: [simulate] fault %s: %s", st->cfg->path, cs->faults[i],
+                       rc == ST_ERANGE ? "no such device" : "bad fault");
+                exit_code = ST_EXIT_USAGE;
+                goto out_engine;
+            }
+        }
     } else if (opts.n_faults) {
         errorf(st, "--fault needs --simulate");
         exit_code = ST_EXIT_USAGE;
         goto out_engine;
+    }
+    /* A real line: USB devices, unless only virtual or network ones were asked for. */
+    if (opts.usb || (st->cfg && !opts.simulate && !opts.n_tcp)) {
+        struct eng_usb_options uo;
+        st_usb_rules(st->cfg, &uo);
+        rc = eng_usb_new(&st->loop, st->eng, &uo, &st->usb, errbuf, sizeof(errbuf));
+        if (rc) {
+            errorf(st, "%s", errbuf);
+            goto out_engine;
+        }
     }
 
     rc = db_writer_start(st->db, &st->loop, on_db_error, st);
@@ -541,10 +709,16 @@ int st_run(const struct st_run_options *o)
         }
     }
 
-    rc = eng_engine_load(st->eng, &recipe, on_loaded, st);
-    if (rc) {
-        errorf(st, "cannot load the recipe's images: %s", st_strerror(rc));
-        shutdown_station(st, ST_EXIT_USAGE);
+    if (st->cfg) {
+        if (add_config_profiles(st) != 0)
+            shutdown_station(st, ST_EXIT_USAGE);
+    } else {
+        st->profiles_loading = 1;
+        rc = eng_engine_load(st->eng, &recipe, on_loaded, st);
+        if (rc) {
+            errorf(st, "cannot load the recipe's images: %s", st_strerror(rc));
+            shutdown_station(st, ST_EXIT_USAGE);
+        }
     }
     note(st, UI_NOTE_INFO, "station %s: recipe %s %s, %u simulated device(s), database %s",
                      st->station_id, recipe.name, recipe.version, opts.simulate, opts.db_path);
@@ -571,6 +745,12 @@ out_engine:
             uv_run(&st->loop, UV_RUN_DEFAULT);
         }
     }
+    if (st->usb && !st->stopping) {
+        /* Never started: close its handles before the loop goes. */
+        eng_usb_close(st->usb, NULL, NULL);
+        uv_run(&st->loop, UV_RUN_DEFAULT);
+    }
+    eng_usb_free(st->usb);
     eng_rack_free(st->rack);
     for (unsigned i = 0; i < st->n_tcp; i++)
         eng_tcp_source_free(st->tcp[i]);
@@ -582,6 +762,7 @@ out_loop:
         exit_code = ST_EXIT_INTERNAL;
     }
     db_close(st->db);
+    cfg_free(st->cfg);
     st_serials_free(st->serials); /* the writer's drain answered every lookup */
     ui_headless_free(st->out);
     ui_model_free(&st->model);

@@ -39,7 +39,10 @@ enum st_exit {
 };
 
 struct st_run_options {
-    const char *db_path;          /* default "station.db" */
+    const char *config_path;      /* station.ini; NULL = built-in demo recipe */
+    bool usb;                     /* flash USB devices (default with a config and no
+                                     --simulate/--tcp) */
+    const char *db_path;          /* default: the config's, else "station.db" */
     const char *station_id;       /* default: host name */
     unsigned simulate;            /* virtual devices; 0 = none */
     const char *tcp[ST_MAX_TCP];  /* network slots: "HOST:PORT" or "HOST:FIRST-LAST" */

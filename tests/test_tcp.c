@@ -289,8 +289,8 @@ static void ip_engine(struct ip *ip, bool load)
 
 static void ip_source(struct ip *ip, uint16_t port, const struct eng_tcp_options *o)
 {
-    assert_int_equal(eng_tcp_source_new(&ip->loop, ip->eng, "127.0.0.1", port, o,
-                                        &ip->src[ip->n_src]), 0);
+    assert_int_equal(
+        eng_tcp_source_new(&ip->loop, ip->eng, "127.0.0.1", port, o, &ip->src[ip->n_src]), 0);
     ip->n_src++;
 }
 
@@ -430,11 +430,26 @@ static void test_reboot_bootloader_continues_over_tcp(void **state)
     assert_true(find_part(dev, "userdata")->erased);
 }
 
+static void test_wrong_product_over_tcp_is_never_written(void **state)
+{
+    struct ip *ip = *state;
+    struct st_sim_options so = {.count = 1, .product = "walleye"};
+    ip_sim(ip, &so);
+    ip_engine(ip, true);
+    ip_source(ip, ip->port, NULL);
+    ip_run(ip, 1, 0);
+    assert_int_equal(ip->ends[0].result, ENG_RESULT_FAIL);
+    assert_string_equal(ip->ends[0].reason,
+                        "getvar:product: wrong product: walleye (recipe needs simphone)");
+    assert_int_equal(eng_vfb_writes(st_sim_device(ip->sim, 1)), 0);
+    assert_int_equal(eng_vfb_bytes_received(st_sim_device(ip->sim, 1)), 0);
+}
+
 static void test_replies_too_long_or_garbage_fail_their_step(void **state)
 {
     struct ip *ip = *state;
-    struct st_sim_options so = {.count = 3, .n_faults = 2,
-                                .faults = {"1:oversize=getvar:product", "2:garbage=flash:boot"}};
+    struct st_sim_options so = {
+        .count = 3, .n_faults = 2, .faults = {"1:oversize=getvar:product", "2:garbage=flash:boot"}};
     ip_sim(ip, &so);
     ip_engine(ip, true);
     for (unsigned i = 0; i < 3; i++)
@@ -509,9 +524,9 @@ static void test_refused_connections_are_retried_quietly(void **state)
 /* ---- a raw server that misbehaves on purpose ---- */
 
 enum raw_mode {
-    RAW_MUTE,      /* accepts, never answers the handshake */
-    RAW_OVERSIZE,  /* answers the first command with a 2 MiB frame header */
-    RAW_FLOOD,     /* sends 32 MiB of INFO frames right after the handshake */
+    RAW_MUTE,     /* accepts, never answers the handshake */
+    RAW_OVERSIZE, /* answers the first command with a 2 MiB frame header */
+    RAW_FLOOD,    /* sends 32 MiB of INFO frames right after the handshake */
 };
 
 static void raw_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -668,9 +683,10 @@ static void test_address_parsing(void **state)
     assert_int_equal(eng_tcp_parse_address("[::1]:7000", host, sizeof(host), &a, &b), 0);
     assert_string_equal(host, "::1");
     assert_int_equal(eng_tcp_parse_address("localhost:7000", host, sizeof(host), &a, &b), 0);
-    static const char *const bad[] = {"127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536",
-                                      "127.0.0.1:6000-5000", "127.0.0.1:5x", "::1:5554",
-                                      "phone.example:5554", ":5554", "127.0.0.1:6000-"};
+    static const char *const bad[] = {"127.0.0.1",       "127.0.0.1:",          "127.0.0.1:0",
+                                      "127.0.0.1:65536", "127.0.0.1:6000-5000", "127.0.0.1:5x",
+                                      "::1:5554",        "phone.example:5554",  ":5554",
+                                      "127.0.0.1:6000-"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (eng_tcp_parse_address(bad[i], host, sizeof(host), &a, &b) != ST_EINVAL)
             fail_msg("\"%s\" was accepted", bad[i]);
@@ -849,8 +865,8 @@ static void test_fastboot_client_against_sim(void **state)
     if (system("command -v fastboot >/dev/null 2>&1") != 0)
         fail_msg("fastboot is not installed (scripts/setup.sh installs it)");
     snprintf(dump, sizeof(dump), "%s/dump", fx->dir);
-    const char *sim_args[] = {"--keep-data", "--dump", dump, "--ab", "--max-download", "1048576",
-                              NULL};
+    const char *sim_args[] = {"--keep-data",    "--dump",  dump, "--ab",
+                              "--max-download", "1048576", NULL};
     start_sim(fx, sim_args);
 
     /* small raw (fits), big raw (split into sparse pieces by the client),
@@ -972,11 +988,12 @@ static void test_station_flashes_sim_devices_like_libsparse(void **state)
     struct fx *fx = *state;
     char dump[300], path[400], sysimg[300];
     snprintf(dump, sizeof(dump), "%s/dump", fx->dir);
-    const char *sim_args[] = {"--count", "4", "--max-download", "1048576", "--dump", dump,
-                              "--dump-downloads", "--offline-ms", "60000", NULL};
+    const char *sim_args[] = {"--count", "4",  "--max-download",   "1048576",
+                              "--dump",  dump, "--dump-downloads", "--offline-ms",
+                              "60000",   NULL};
     start_sim(fx, sim_args);
-    const char *run_args[] = {"--exit-after", "4", "--system-mib", "4", "--timeout-ms", "2000",
-                              NULL};
+    const char *run_args[] = {"--exit-after", "4", "--system-mib", "4", "--timeout-ms",
+                              "2000",         NULL};
     int rc = run_station(fx, 4, run_args, 60);
     if (rc != 0) {
         snprintf(path, sizeof(path), "%s/run.out", fx->dir);
@@ -989,7 +1006,8 @@ static void test_station_flashes_sim_devices_like_libsparse(void **state)
     assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 4);
     assert_int_equal(q_int(c, "SELECT COUNT(DISTINCT slot) FROM sessions WHERE slot LIKE "
-                              "'tcp:127.0.0.1:%'"), 4);
+                              "'tcp:127.0.0.1:%'"),
+                     4);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE serial LIKE 'TCP%'"), 4);
     sqlite3_close(c);
 
@@ -1041,9 +1059,21 @@ static void test_faults_over_tcp_name_step_and_piece(void **state)
     snprintf(f4, sizeof(f4), "4:disconnect=%llu",
              (unsigned long long)(boot + pieces[0].len + pieces[1].len + pieces[2].len / 2));
     free_oracle(pieces, n);
-    const char *sim_args[] = {"--count", "5", "--max-download", "1048576", "--offline-ms", "60000",
-                              "--fault", "1:fail-at=2:flash:system", "--fault", f2,
-                              "--fault", "3:silent=flash:system", "--fault", f4, NULL};
+    const char *sim_args[] = {"--count",
+                              "5",
+                              "--max-download",
+                              "1048576",
+                              "--offline-ms",
+                              "60000",
+                              "--fault",
+                              "1:fail-at=2:flash:system",
+                              "--fault",
+                              f2,
+                              "--fault",
+                              "3:silent=flash:system",
+                              "--fault",
+                              f4,
+                              NULL};
     start_sim(fx, sim_args);
     const char *run_args[] = {"--exit-after", "5", "--timeout-ms", "1000", NULL};
     time_t t0 = time(NULL);
@@ -1063,8 +1093,10 @@ static void test_faults_over_tcp_name_step_and_piece(void **state)
         NULL,
     };
     for (unsigned d = 0; d < 5; d++) {
-        snprintf(sql, sizeof(sql), "SELECT result || '|' || COALESCE(reason, '') FROM sessions "
-                 "WHERE slot='tcp:127.0.0.1:%u' ORDER BY id LIMIT 1", (unsigned)fx->port + d);
+        snprintf(sql, sizeof(sql),
+                 "SELECT result || '|' || COALESCE(reason, '') FROM sessions "
+                 "WHERE slot='tcp:127.0.0.1:%u' ORDER BY id LIMIT 1",
+                 (unsigned)fx->port + d);
         char *r = q_text(c, sql);
         if (!want[d]) {
             assert_string_equal(r, "PASS|");
@@ -1074,7 +1106,8 @@ static void test_faults_over_tcp_name_step_and_piece(void **state)
         free(r);
     }
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='FAIL' AND "
-                              "failed_step='flash:system'"), 4);
+                              "failed_step='flash:system'"),
+                     4);
     sqlite3_close(c);
 }
 
@@ -1132,8 +1165,10 @@ int main(void)
         cmocka_unit_test(test_address_parsing),
         cmocka_unit_test_setup_teardown(test_reboot_bootloader_continues_over_tcp, ip_setup,
                                         ip_teardown),
-        cmocka_unit_test_setup_teardown(test_replies_too_long_or_garbage_fail_their_step,
-                                        ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(test_wrong_product_over_tcp_is_never_written, ip_setup,
+                                        ip_teardown),
+        cmocka_unit_test_setup_teardown(test_replies_too_long_or_garbage_fail_their_step, ip_setup,
+                                        ip_teardown),
         cmocka_unit_test_setup_teardown(test_data_phase_timeout_drops_the_link, ip_setup,
                                         ip_teardown),
         cmocka_unit_test_setup_teardown(test_refused_connections_are_retried_quietly, ip_setup,

@@ -104,6 +104,7 @@ static int attach(struct eng_rack *rack, struct unit *u)
                      : eng_vt_new(rack->loop, u->dev, u->pos->port, on_note, u, &t);
     if (rc)
         return rc;
+    t->profile = rack->opts.profile;
     u->t = t;
     u->open_transports++;
     eng_engine_device_arrived(rack->eng, t);

@@ -45,6 +45,7 @@ struct eng_rack_options {
     bool keep_data;            /* devices keep partition bytes (tests) */
     const char *product;       /* getvar product; NULL = "simphone" */
     uint32_t seed;             /* serial numbers */
+    unsigned profile;          /* engine profile of the rack's devices */
     /* DFU racks (see above); the fastboot fields above then do not apply. */
     bool dfu;
     const struct eng_vdfu_config *dfu_config; /* copied per unit (serial and mode set

@@ -1,5 +1,5 @@
 /*
- * usbsim: run a command against virtual USB fastboot devices.
+ * usbsim: run a command against virtual USB fastboot and DFU devices.
  *
  *   usbsim [options] -- COMMAND [ARGS...]
  *
@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "usbsim.h"
 
@@ -37,7 +38,7 @@ struct event {
 
 struct run {
     struct sim sim;
-    GPtrArray *devices; /* struct sim_port *: --fastboot ports, in order */
+    GPtrArray *devices; /* struct sim_port *: --fastboot and --dfu ports, in order */
     GPtrArray *events;  /* struct event * */
     const char *stats;
     char **command;
@@ -53,9 +54,18 @@ static void usage(FILE *f)
           "      pace=MBPS info=N bootloader=VER reenum_ms=MS absent=1 stay=1\n"
           "      fail=CMD silent=CMD garbage=CMD oversize=CMD disconnect=BYTES\n"
           "      eacces=1 baddesc=1 stallctl=1 driver=NAME\n"
+          "  --dfu PATH[:opt=val,...]       virtual DFU device (engine/virt/vdfu) at port PATH\n"
+          "      serial= product= manufacturer= vid= pid= runtime_pid= bcd= transfer=\n"
+          "      dfuse=1 runtime=1 runtime_app=1 will_detach=1 tolerant=0 attributes=HEX\n"
+          "      detach_timeout=MS block_busy=MS erase_busy=MS manifest=MS dirty=1\n"
+          "      alt=NAME[#SIZE] (repeatable; ';' in NAME stands for ',') size=BYTES keep=1\n"
+          "      reenum_ms=MS absent=1 eacces=1 stallctl=1 driver=NAME\n"
+          "      errwrite=BLOCK corrupt=OFFSET stall=REQ[@N] silent=REQ[@N]\n"
+          "      disconnect=manifest stuck=BLOCK\n"
           "  --unplug PATH@MS   unplug the device at PATH, MS after COMMAND started\n"
           "  --plug PATH@MS     plug a fresh unit (new serial) into the empty port PATH\n"
-          "  --stats FILE       at exit, one line per unit (keep=1: images in FILE.d/)\n"
+          "  --stats FILE       at exit, one line per unit (keep=1: images and DFU\n"
+          "                     memories in FILE.d/PATH/)\n"
           "  --usbfs-mb N       usbfs memory for URBs in flight, all devices (default 16,\n"
           "                     like the kernel); beyond it submissions fail with ENOMEM\n"
           "  --verbose          log commands, replies and hotplug to stderr\n"
@@ -182,15 +192,42 @@ static void text(const char *key, char *dst, size_t cap, const char *val)
     snprintf(dst, cap, "%s", val);
 }
 
-static void parse_option(struct sim_port *p, const char *opt)
+/* Options every device port takes. True when `key` was one of them. */
+static bool port_option(struct sim_port *p, const char *key, const char *val)
+{
+    if (!strcmp(key, "reenum_ms"))
+        p->reenum_ms = (unsigned)number(key, val, 10);
+    else if (!strcmp(key, "eacces"))
+        p->eacces = flag(key, val);
+    else if (!strcmp(key, "stallctl"))
+        p->stallctl = flag(key, val);
+    else if (!strcmp(key, "absent"))
+        p->absent = flag(key, val);
+    else if (!strcmp(key, "driver"))
+        text(key, p->driver, sizeof(p->driver), val);
+    else
+        return false;
+    return true;
+}
+
+static void split_option(const char *kind, const struct sim_port *p, const char *opt, char *key,
+                         size_t cap, const char **val)
 {
     const char *eq = strchr(opt, '=');
     if (!eq)
-        die("--fastboot %s: option '%s' is not key=value", p->path, opt);
+        die("--%s %s: option '%s' is not key=value", kind, p->path, opt);
+    snprintf(key, cap, "%.*s", (int)(eq - opt), opt);
+    *val = eq + 1;
+}
+
+static void parse_option(struct sim_port *p, const char *opt)
+{
     char key[32];
-    snprintf(key, sizeof(key), "%.*s", (int)(eq - opt), opt);
-    const char *val = eq + 1;
+    const char *val;
+    split_option("fastboot", p, opt, key, sizeof(key), &val);
     struct eng_vfb_config *c = &p->cfg;
+    if (port_option(p, key, val))
+        return;
     if (!strcmp(key, "serial"))
         text(key, c->serial, sizeof(c->serial), val);
     else if (!strcmp(key, "usb_serial"))
@@ -218,22 +255,92 @@ static void parse_option(struct sim_port *p, const char *opt)
             die("option pace: bad rate '%s'", val);
     } else if (!strcmp(key, "info"))
         c->info_lines = (unsigned)number(key, val, 10);
-    else if (!strcmp(key, "reenum_ms"))
-        p->reenum_ms = (unsigned)number(key, val, 10);
-    else if (!strcmp(key, "eacces"))
-        p->eacces = flag(key, val);
     else if (!strcmp(key, "baddesc"))
         p->baddesc = flag(key, val);
-    else if (!strcmp(key, "stallctl"))
-        p->stallctl = flag(key, val);
-    else if (!strcmp(key, "absent"))
-        p->absent = flag(key, val);
     else if (!strcmp(key, "stay"))
         p->stay = flag(key, val);
-    else if (!strcmp(key, "driver"))
-        text(key, p->driver, sizeof(p->driver), val);
     else if (eng_vfb_parse_fault(c, opt) != 0)
         die("--fastboot %s: unknown or bad option '%s'", p->path, opt);
+}
+
+/* DFU options, mirroring struct eng_vdfu_config. `tolerant` and
+ * `will_detach` (-1 = not given) adjust bmAttributes after parsing. */
+struct dfu_extra {
+    int tolerant, will_detach;
+    bool attributes_given;
+    uint32_t default_size;
+};
+
+static void parse_dfu_option(struct sim_port *p, struct dfu_extra *x, const char *opt)
+{
+    char key[32];
+    const char *val;
+    split_option("dfu", p, opt, key, sizeof(key), &val);
+    struct eng_vdfu_config *c = &p->dcfg;
+    if (port_option(p, key, val))
+        return;
+    if (!strcmp(key, "serial"))
+        text(key, c->serial, sizeof(c->serial), val);
+    else if (!strcmp(key, "product"))
+        text(key, c->product, sizeof(c->product), val);
+    else if (!strcmp(key, "manufacturer"))
+        text(key, c->manufacturer, sizeof(c->manufacturer), val);
+    else if (!strcmp(key, "vid"))
+        c->vid = (uint16_t)number(key, val, 16);
+    else if (!strcmp(key, "pid"))
+        c->pid_dfu = (uint16_t)number(key, val, 16);
+    else if (!strcmp(key, "runtime_pid"))
+        c->pid_runtime = (uint16_t)number(key, val, 16);
+    else if (!strcmp(key, "bcd"))
+        c->bcd_device = (uint16_t)number(key, val, 16);
+    else if (!strcmp(key, "transfer") || !strcmp(key, "transfer_size")) {
+        unsigned long long v = number(key, val, 0);
+        if (v < 1 || v > 4096)
+            die("option %s: 1 to 4096 bytes, not %llu", key, v);
+        c->transfer_size = (uint16_t)v;
+    } else if (!strcmp(key, "attributes")) {
+        c->attributes = (uint8_t)number(key, val, 16);
+        x->attributes_given = true;
+    } else if (!strcmp(key, "tolerant"))
+        x->tolerant = flag(key, val);
+    else if (!strcmp(key, "will_detach"))
+        x->will_detach = flag(key, val);
+    else if (!strcmp(key, "detach_timeout"))
+        c->detach_timeout_ms = (uint16_t)number(key, val, 10);
+    else if (!strcmp(key, "dfuse"))
+        c->dfuse = flag(key, val);
+    else if (!strcmp(key, "runtime"))
+        c->start_runtime = flag(key, val);
+    else if (!strcmp(key, "runtime_app"))
+        c->runtime_app = flag(key, val);
+    else if (!strcmp(key, "dirty"))
+        c->dirty = flag(key, val);
+    else if (!strcmp(key, "block_busy"))
+        c->block_busy_ms = (unsigned)number(key, val, 10);
+    else if (!strcmp(key, "erase_busy"))
+        c->erase_busy_ms = (unsigned)number(key, val, 10);
+    else if (!strcmp(key, "manifest"))
+        c->manifest_ms = (unsigned)number(key, val, 10);
+    else if (!strcmp(key, "size"))
+        x->default_size = (uint32_t)number(key, val, 0);
+    else if (!strcmp(key, "keep"))
+        p->keep = flag(key, val);
+    else if (!strcmp(key, "alt")) {
+        if (c->n_alts == ENG_VDFU_MAX_ALTS)
+            die("--dfu %s: at most %d alt settings", p->path, ENG_VDFU_MAX_ALTS);
+        struct eng_vdfu_alt *a = &c->alts[c->n_alts++];
+        const char *hash = strrchr(val, '#');
+        size_t len = hash ? (size_t)(hash - val) : strlen(val);
+        if (len == 0 || len >= sizeof(a->name))
+            die("--dfu %s: alt name '%s' is empty or too long", p->path, val);
+        snprintf(a->name, sizeof(a->name), "%.*s", (int)len, val);
+        for (char *ch = a->name; *ch; ch++)
+            if (*ch == ';')
+                *ch = ','; /* options are split at commas; DfuSe layouts have them */
+        if (hash)
+            a->size = (uint32_t)number(key, hash + 1, 0);
+    } else if (eng_vdfu_parse_fault(c, opt) != 0)
+        die("--dfu %s: unknown or bad option '%s'", p->path, opt);
 }
 
 static struct sim_port *port_new(struct sim *s, const char *path, unsigned bus, unsigned depth)
@@ -246,25 +353,44 @@ static struct sim_port *port_new(struct sim *s, const char *path, unsigned bus, 
     return p;
 }
 
-static void add_fastboot(struct run *r, const char *arg)
+/* SIM1_1_4_2: the path, in characters every tool accepts */
+static void default_serial(char *dst, size_t cap, const char *path)
+{
+    snprintf(dst, cap, "SIM%s", path);
+    for (char *c = dst; *c; c++)
+        if (*c == '-' || *c == '.')
+            *c = '_';
+}
+
+static struct sim_port *add_port(struct run *r, const char *kind, const char *arg,
+                                 const char **opts)
 {
     char path[SIM_PATH_MAX];
     const char *colon = strchr(arg, ':');
     size_t plen = colon ? (size_t)(colon - arg) : strlen(arg);
     unsigned bus = 0, depth;
     if (plen >= sizeof(path))
-        die("--fastboot %s: port path too long", arg);
+        die("--%s %s: port path too long", kind, arg);
     snprintf(path, sizeof(path), "%.*s", (int)plen, arg);
     if (!(depth = parse_path(path, &bus)))
-        die("--fastboot %s: port path must look like 1-1 or 1-1.4.2", arg);
+        die("--%s %s: port path must look like 1-1 or 1-1.4.2", kind, arg);
     if (find_port(r->devices, path))
-        die("--fastboot %s: port given twice", path);
+        die("--%s %s: port given twice", kind, path);
     struct sim_port *p = port_new(&r->sim, path, bus, depth);
+    p->reenum_ms = 300;
+    *opts = colon ? colon + 1 : NULL;
+    g_ptr_array_add(r->devices, p);
+    return p;
+}
+
+static void add_fastboot(struct run *r, const char *arg)
+{
+    const char *rest;
+    struct sim_port *p = add_port(r, "fastboot", arg, &rest);
     p->vid = 0x18d1;
     p->pid = 0x4ee0;
-    p->reenum_ms = 300;
-    if (colon) {
-        char **opts = g_strsplit(colon + 1, ",", -1);
+    if (rest) {
+        char **opts = g_strsplit(rest, ",", -1);
         for (char **o = opts; *o; o++)
             if (**o)
                 parse_option(p, *o);
@@ -272,14 +398,48 @@ static void add_fastboot(struct run *r, const char *arg)
     }
     if (!p->pid2)
         p->pid2 = (uint16_t)(p->pid + 1);
-    if (!p->cfg.serial[0]) {
-        /* SIM1_1_4_2: the path, in characters every tool accepts */
-        snprintf(p->cfg.serial, sizeof(p->cfg.serial), "SIM%s", path);
-        for (char *c = p->cfg.serial; *c; c++)
-            if (*c == '-' || *c == '.')
-                *c = '_';
+    if (!p->cfg.serial[0])
+        default_serial(p->cfg.serial, sizeof(p->cfg.serial), p->path);
+}
+
+static void add_dfu(struct run *r, const char *arg)
+{
+    const char *rest;
+    struct sim_port *p = add_port(r, "dfu", arg, &rest);
+    struct dfu_extra x = {.tolerant = -1, .will_detach = -1};
+    p->dfu = true;
+    if (rest) {
+        char **opts = g_strsplit(rest, ",", -1);
+        for (char **o = opts; *o; o++)
+            if (**o)
+                parse_dfu_option(p, &x, *o);
+        g_strfreev(opts);
     }
-    g_ptr_array_add(r->devices, p);
+    struct eng_vdfu_config *c = &p->dcfg;
+    if (!c->serial[0])
+        default_serial(c->serial, sizeof(c->serial), p->path);
+    if (!x.attributes_given && (x.tolerant >= 0 || x.will_detach >= 0)) {
+        c->attributes = ENG_DFU_ATTR_CAN_DNLOAD | ENG_DFU_ATTR_CAN_UPLOAD |
+                        (x.tolerant != 0 ? ENG_DFU_ATTR_MANIFEST_TOLERANT : 0) |
+                        (x.will_detach > 0 ? ENG_DFU_ATTR_WILL_DETACH : 0);
+    }
+    if (x.default_size) {
+        if (!c->n_alts) {
+            c->n_alts = 1;
+            snprintf(c->alts[0].name, sizeof(c->alts[0].name), "Flash");
+        }
+        for (unsigned i = 0; i < c->n_alts; i++)
+            if (!c->alts[i].size)
+                c->alts[i].size = x.default_size;
+    }
+    /* Refuse what the model refuses now, not at plug time. */
+    struct eng_vdfu *probe;
+    if (eng_vdfu_new(c, &probe) != 0)
+        die("--dfu %s: the model refuses this configuration (a DfuSe alt name must be a "
+            "layout such as @Flash/0x08000000/04*016Kg; at most %d alts; memories up to 64 MiB)",
+            p->path, ENG_VDFU_MAX_ALTS);
+    p->vid = c->vid ? c->vid : eng_vdfu_config(probe)->vid;
+    eng_vdfu_free(probe);
 }
 
 static void add_event(struct run *r, const char *arg, bool plug)
@@ -291,8 +451,8 @@ static void add_event(struct run *r, const char *arg, bool plug)
     snprintf(path, sizeof(path), "%.*s", (int)MIN((size_t)(at - arg), sizeof(path) - 1), arg);
     struct sim_port *p = find_port(r->devices, path);
     if (!p)
-        die("--%s %s: no --fastboot device at %s (declare it first)", plug ? "plug" : "unplug", arg,
-            path);
+        die("--%s %s: no --fastboot or --dfu device at %s (declare it first)",
+            plug ? "plug" : "unplug", arg, path);
     struct event *e = g_new0(struct event, 1);
     e->port = p;
     e->ms = (unsigned)number(plug ? "--plug" : "--unplug", at + 1, 10);
@@ -343,13 +503,22 @@ static struct sim_unit *unit_new(struct sim_port *p)
 {
     struct sim *s = p->sim;
     struct sim_unit *u = g_new0(struct sim_unit, 1);
-    struct eng_vfb_config cfg = p->cfg;
     unsigned k = ++p->units;
-    if (k > 1)
-        snprintf(cfg.serial, sizeof(cfg.serial), "%.50s-%u", p->cfg.serial, k);
-    snprintf(u->serial, sizeof(u->serial), "%s", cfg.serial);
-    if (eng_vfb_new(&cfg, &u->vfb) != 0)
-        die("out of memory");
+    if (p->dfu) {
+        struct eng_vdfu_config cfg = p->dcfg;
+        if (k > 1)
+            snprintf(cfg.serial, sizeof(cfg.serial), "%.50s-%u", p->dcfg.serial, k);
+        snprintf(u->serial, sizeof(u->serial), "%s", cfg.serial);
+        if (eng_vdfu_new(&cfg, &u->vdfu) != 0)
+            die("out of memory");
+    } else {
+        struct eng_vfb_config cfg = p->cfg;
+        if (k > 1)
+            snprintf(cfg.serial, sizeof(cfg.serial), "%.50s-%u", p->cfg.serial, k);
+        snprintf(u->serial, sizeof(u->serial), "%s", cfg.serial);
+        if (eng_vfb_new(&cfg, &u->vfb) != 0)
+            die("out of memory");
+    }
     u->port = p;
     struct sim_unit **tail = &s->units;
     while (*tail)
@@ -406,7 +575,7 @@ static struct sim_node *plug(struct sim_port *p, bool fresh)
         n->pid = n->unit->alt_pid ? p->pid2 : p->pid;
     }
     n->driver_bound = p->driver[0] != '\0';
-    usbsim_build_descriptors(n);
+    usbsim_build_descriptors(n); /* DFU: sets vid and pid from the model's mode */
     char err[512];
     if (usbsim_sysfs_add(n, err, sizeof(err)) != 0) {
         usbsim_log(s, "cannot plug %s: %s", p->path, err);
@@ -539,6 +708,41 @@ static void dump_part(const char *stats, const struct sim_unit *u, const struct 
     g_free(dir);
 }
 
+/* A DFU unit's line: the model's counters, and per alt the bytes that
+ * count (plain DFU: what the last download wrote; DfuSe: the first
+ * region of the layout) with their XXH3-64. */
+static void dfu_stats(FILE *f, const char *stats, const struct sim_unit *u)
+{
+    const struct eng_vdfu *v = u->vdfu;
+    const struct eng_vdfu_config *c = eng_vdfu_config(v);
+    const struct eng_vdfu_stats *st = eng_vdfu_stats(v);
+    fprintf(f,
+            "%s serial=%s dfu mode=%u state=%s blocks=%u uploads=%u erases=%u manifests=%u "
+            "resets=%u detaches=%u early_polls=%u",
+            u->port->path, u->serial, eng_vdfu_mode(v), eng_dfu_state_name(eng_vdfu_state(v)),
+            st->data_blocks, st->upload_blocks, st->erases, st->manifests, st->resets, st->detaches,
+            st->early_polls);
+    for (unsigned a = 0; a < c->n_alts; a++) {
+        uint32_t size, base;
+        const uint8_t *mem = eng_vdfu_memory(v, a, &size, &base);
+        if (!mem)
+            continue;
+        uint32_t len = c->dfuse ? size : eng_vdfu_firmware_len(v, a);
+        fprintf(f, " alt%u=%" PRIu32 ":%016" PRIx64, a, len, (uint64_t)XXH3_64bits(mem, len));
+        if (u->port->keep) {
+            char *dir = g_strdup_printf("%s.d/%s", stats, u->port->path);
+            char *file = g_strdup_printf("%s/alt%u.bin", dir, a);
+            if (g_mkdir_with_parents(dir, 0755) < 0 ||
+                !g_file_set_contents(file, (const char *)mem, (gssize)len, NULL))
+                fprintf(stderr, "usbsim: cannot write %s\n", file);
+            g_free(file);
+            g_free(dir);
+        }
+    }
+    fprintf(f, " enumerations=%u present=%d", u->enumerations,
+            u->port->unit == u && u->port->node != NULL);
+}
+
 static void write_stats(struct run *r)
 {
     struct sim *s = &r->sim;
@@ -550,6 +754,13 @@ static void write_stats(struct run *r)
     }
     g_mutex_lock(&s->lock);
     for (struct sim_unit *u = s->units; u; u = u->next) {
+        if (u->vdfu) {
+            dfu_stats(f, r->stats, u);
+            for (unsigned i = 0; i < u->n_first_cmd; i++)
+                fprintf(f, "%s%.3f", i ? "," : " first_cmd_ms=", (double)u->first_cmd_us[i] / 1e3);
+            fputc('\n', f);
+            continue;
+        }
         unsigned np;
         const struct eng_vfb_part *parts = eng_vfb_parts(u->vfb, &np);
         fprintf(f, "%s serial=%s writes=%u bytes=%" PRIu64, u->port->path, u->serial,
@@ -599,6 +810,8 @@ static void parse_args(struct run *r, int argc, char **argv)
             die("%s needs a value (see --help)", a);
         if (!strcmp(a, "--fastboot"))
             add_fastboot(r, v);
+        else if (!strcmp(a, "--dfu"))
+            add_dfu(r, v);
         else if (!strcmp(a, "--unplug"))
             add_event(r, v, false);
         else if (!strcmp(a, "--plug"))

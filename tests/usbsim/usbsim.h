@@ -4,8 +4,11 @@
  * The harness builds a umockdev testbed (fake sysfs, udev and
  * /dev/bus/usb nodes), serves every usbfs call of every node itself, and
  * runs one command under it. Fastboot devices are the engine/virt model
- * (eng_vfb); hubs exist so that port paths such as 1-1.4.2 resolve the
- * way libusb, lsusb and fastboot expect (shared/notes/usb-sim.md).
+ * eng_vfb (bulk endpoints); DFU devices are eng_vdfu (endpoint 0 only:
+ * every control URB goes to eng_vdfu_control, USBDEVFS_RESET to
+ * eng_vdfu_bus_reset, and the node re-enumerates when the model says so);
+ * hubs exist so that port paths such as 1-1.4.2 resolve the way libusb,
+ * lsusb, fastboot and dfu-util expect (shared/notes/usb-sim.md).
  *
  * Lifecycle: a port (struct sim_port) is declared on the command line or
  * implied by a hub path. A unit (struct sim_unit) is one physical device:
@@ -27,10 +30,11 @@
 #include <stdint.h>
 #include <umockdev.h>
 
+#include "engine/virt/vdfu.h"
 #include "engine/virt/vfb.h"
 
 #define SIM_PATH_MAX 32
-#define SIM_DESC_MAX 64
+#define SIM_DESC_MAX 256
 
 struct sim;
 struct sim_node;
@@ -51,6 +55,10 @@ struct sim_port {
     bool absent;               /* not plugged at start; --plug brings it */
     bool stay;                 /* stay enumerated (silent) after "reboot" */
     char driver[32];           /* a kernel driver bound at plug (e.g. usb-storage) */
+    /* DFU ports (--dfu): the model's configuration instead of cfg */
+    bool dfu;
+    struct eng_vdfu_config dcfg; /* serial here is the base serial */
+    bool keep;                   /* --stats also dumps each alt's memory */
     unsigned units;            /* units made for this port so far */
     /* state, main thread (read under the lock elsewhere) */
     struct sim_node *node; /* present enumeration, or NULL */
@@ -59,7 +67,8 @@ struct sim_port {
 
 struct sim_unit {
     struct sim_port *port;
-    struct eng_vfb *vfb;
+    struct eng_vfb *vfb;   /* fastboot units */
+    struct eng_vdfu *vdfu; /* DFU units */
     char serial[64];
     unsigned enumerations;
     bool alt_pid; /* enumerated with pid2 */
@@ -123,7 +132,8 @@ int usbsim_sysfs_add(struct sim_node *n, char *err, size_t errlen);
 /* Send "remove" uevents and delete the node's sysfs entries. Main thread. */
 void usbsim_sysfs_remove(struct sim_node *n);
 /* The strings a node reports: index 1 manufacturer, 2 product, 3 serial,
- * 4 interface. NULL for an unknown index. */
+ * 4 interface (DFU: 4 + n is the name of alt n). NULL for an unknown
+ * index. */
 const char *usbsim_string(const struct sim_node *n, unsigned index);
 
 /* usbsim_usbfs.c: serving usbfs calls. */

@@ -54,6 +54,18 @@ void usbsim_build_descriptors(struct sim_node *n)
         n->desc_len = len + sizeof(cfg);
         return;
     }
+    if (n->unit->vdfu) {
+        /* DFU: whatever the model presents in its current mode (run-time
+         * or DFU), so a re-enumeration shows the new PID and interface. */
+        const struct eng_vdfu *v = n->unit->vdfu;
+        len = eng_vdfu_descriptor(v, 1, 0, d, SIM_DESC_MAX);
+        size_t cl = eng_vdfu_descriptor(v, 2, 0, d + len, SIM_DESC_MAX - len);
+        g_assert(len == 18 && len + cl <= SIM_DESC_MAX);
+        n->desc_len = len + cl;
+        n->vid = (uint16_t)(d[8] | d[9] << 8);
+        n->pid = (uint16_t)(d[10] | d[11] << 8);
+        return;
+    }
     len = put_device(d, 0x00, 0x00, n->vid, n->pid, 0x0100, 3);
     /* Fastboot interface: class FF/42/03, one bulk OUT and one bulk IN
      * endpoint with 512-byte packets (high speed). */
@@ -92,6 +104,21 @@ const char *usbsim_string(const struct sim_node *n, unsigned index)
         case 3:
             return p->depth == 0 ? "usbsim-root" : NULL;
         default:
+            return NULL;
+        }
+    }
+    if (n->unit->vdfu) {
+        const struct eng_vdfu_config *dc = eng_vdfu_config(n->unit->vdfu);
+        switch (index) {
+        case 1:
+            return dc->manufacturer;
+        case 2:
+            return dc->product;
+        case 3:
+            return dc->serial[0] ? dc->serial : NULL;
+        default:
+            if (eng_vdfu_mode(n->unit->vdfu) == 2 && index >= 4 && index - 4 < dc->n_alts)
+                return dc->alts[index - 4].name;
             return NULL;
         }
     }
@@ -257,7 +284,8 @@ int usbsim_sysfs_add(struct sim_node *n, char *err, size_t errlen)
     }
 
     GString *rec = g_string_new(NULL);
-    interface_record(rec, n, p->hub ? NULL : "fastboot");
+    /* sysfs "interface": the iInterface string of the current alt setting */
+    interface_record(rec, n, p->hub ? NULL : n->unit->vdfu ? usbsim_string(n, 4) : "fastboot");
     device_record(rec, n);
     bool ok = umockdev_testbed_add_from_string(s->tb, rec->str, &gerr);
     g_string_free(rec, TRUE);

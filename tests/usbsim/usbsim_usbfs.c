@@ -17,6 +17,17 @@
  * AOSP fastboot instead uses the synchronous USBDEVFS_BULK and
  * USBDEVFS_CONTROL; those are the same URBs with `sync` set, answered by
  * completing the ioctl itself.
+ *
+ * DFU nodes (eng_vdfu) have endpoint 0 only. Every control URB goes to
+ * eng_vdfu_control(): ST_EPIPE completes it with -EPIPE (a STALL),
+ * ST_ENODEV with -ENODEV and the node is unplugged for good, ST_EAGAIN
+ * (the device NAKs) leaves the URB pending and asks again every
+ * DFU_RETRY_US until it answers or the host discards the URB. SETINTERFACE
+ * becomes a SET_INTERFACE request to the model; USBDEVFS_RESET is a bus
+ * reset (eng_vdfu_bus_reset). After each request and each reset the node
+ * re-enumerates when eng_vdfu_take_reenumerate() says so: after a reset
+ * at once (the ioctl fails with ENODEV, as the kernel's does when the
+ * descriptors changed), after a request shortly after its answer.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -42,6 +53,11 @@
 /* what the kernel adds per URB to its usbfs memory count (struct urb and
  * friends): with the default 16 MiB only 15 one-MiB URBs fit */
 #define URB_OVERHEAD 256
+/* a NAKed DFU request is asked again this often (µs) */
+#define DFU_RETRY_US 50000
+/* a DFU device that decided to re-enumerate leaves this long after its
+ * last answer (ms), so the host can reap that answer first */
+#define DFU_LEAVE_MS 20
 
 struct sim_urb {
     struct sim *sim;
@@ -55,11 +71,14 @@ struct sim_urb {
     unsigned char ep;
     bool in, sync;
     bool reply;       /* carries a model reply */
+    bool ctl;         /* a DFU control request the model has not answered yet */
     int64_t due;      /* paced OUT completes at this time (µs) */
     int64_t deadline; /* sync IN times out at this time (µs) */
 };
 
 static void service(struct sim_node *n);
+static int dfu_request(struct sim_node *n, const uint8_t setup[8], uint8_t *data, size_t cap);
+static void dfu_gone(struct sim_node *n);
 
 static void urb_free(struct sim_urb *u)
 {
@@ -153,7 +172,7 @@ static void arm(struct sim_node *n, int64_t due)
 /* A reply went back to the client: the model may now want to leave. */
 static void after_reply(struct sim_node *n)
 {
-    if (!n->unit || n->gone || n->leaving || eng_vfb_reply_pending(n->unit->vfb))
+    if (!n->unit || !n->unit->vfb || n->gone || n->leaving || eng_vfb_reply_pending(n->unit->vfb))
         return;
     if (eng_vfb_take_reenumerate(n->unit->vfb)) {
         n->leaving = true;
@@ -221,6 +240,26 @@ static void service(struct sim_node *n)
     for (GList *l = n->pending.head, *next; l; l = next) {
         next = l->next;
         struct sim_urb *u = l->data;
+        if (u->ctl) {
+            if (u->due > now) {
+                wake = MIN(wake, u->due);
+                continue;
+            }
+            int r = dfu_request(n, u->buf, u->buf + 8, u->len - 8);
+            if (r == -EAGAIN) {
+                u->due = now + DFU_RETRY_US;
+                wake = MIN(wake, u->due);
+                continue;
+            }
+            g_queue_delete_link(&n->pending, l);
+            urb_finish(n, u, r < 0 ? r : 0, r < 0 ? 0 : (size_t)r);
+            if (r == -ENODEV) {
+                dfu_gone(n); /* completes (and empties) everything pending */
+                wake = INT64_MAX;
+                break;
+            }
+            continue;
+        }
         int64_t t = u->in ? u->deadline : u->due;
         if (!t)
             continue;
@@ -234,7 +273,7 @@ static void service(struct sim_node *n)
         else
             urb_finish(n, u, 0, u->len);
     }
-    while (n->unit && !n->gone && eng_vfb_reply_pending(n->unit->vfb)) {
+    while (n->unit && n->unit->vfb && !n->gone && eng_vfb_reply_pending(n->unit->vfb)) {
         GList *l = n->pending.head;
         while (l && !((struct sim_urb *)l->data)->in)
             l = l->next;
@@ -366,6 +405,139 @@ static int control(struct sim_node *n, const uint8_t setup[8], uint8_t *data, si
     return -EPIPE;
 }
 
+/* ---- DFU devices (engine/virt/vdfu.h) ------------------------------- */
+
+static uint64_t now_ms(void)
+{
+    return (uint64_t)(g_get_monotonic_time() / 1000);
+}
+
+/* The model left the bus for good (disconnect fault). Lock held. */
+static void dfu_gone(struct sim_node *n)
+{
+    n->leaving = true;
+    usbsim_node_gone_locked(n);
+    usbsim_schedule(n, SIM_UNPLUG, 0);
+}
+
+/* After a request: a device that decided to re-enumerate (DETACH with
+ * bitWillDetach, DfuSe leave) leaves once its answer had time to be
+ * reaped, and comes back in its new mode. */
+static void dfu_maybe_leave(struct sim_node *n)
+{
+    if (eng_vdfu_take_reenumerate(n->unit->vdfu) && !n->leaving) {
+        n->leaving = true;
+        usbsim_schedule(n, SIM_REENUMERATE, DFU_LEAVE_MS);
+    }
+}
+
+/* One request on endpoint 0 of a DFU node; data is the data stage (cap
+ * bytes). Returns the data-stage length, -EPIPE (stall), -EAGAIN (no
+ * answer yet: keep it pending) or -ENODEV (the device left for good; the
+ * caller completes the URB, then calls dfu_gone()). Lock held. */
+static int dfu_request(struct sim_node *n, const uint8_t setup[8], uint8_t *data, size_t cap)
+{
+    struct eng_vdfu *v = n->unit->vdfu;
+    unsigned length = setup[6] | setup[7] << 8;
+    size_t actual = 0;
+    bool class_req = (setup[0] & 0x60) == 0x20;
+    if (length > cap)
+        return -EINVAL;
+    if (n->port->stallctl)
+        return -EPIPE;
+    if (class_req && n->plugged_at) {
+        struct sim_unit *unit = n->unit;
+        if (unit->n_first_cmd < G_N_ELEMENTS(unit->first_cmd_us))
+            unit->first_cmd_us[unit->n_first_cmd++] = g_get_monotonic_time() - n->plugged_at;
+        n->plugged_at = 0;
+    }
+    int rc = eng_vdfu_control(v, now_ms(), setup, data, &actual);
+    if (class_req && n->sim->verbose)
+        usbsim_log(n->sim, "%s DFU %s wValue=%u wLength=%u -> %s actual=%zu state=%s",
+                   n->port->path, eng_dfu_request_name(setup[1]), setup[2] | setup[3] << 8, length,
+                   rc == 0           ? "ok"
+                   : rc == ST_EPIPE  ? "STALL"
+                   : rc == ST_EAGAIN ? "NAK"
+                                     : "gone",
+                   actual, eng_dfu_state_name(eng_vdfu_state(v)));
+    switch (rc) {
+    case 0:
+        dfu_maybe_leave(n);
+        return (int)MIN(actual, length);
+    case ST_EAGAIN:
+        return -EAGAIN;
+    case ST_ENODEV:
+        return -ENODEV;
+    default:
+        dfu_maybe_leave(n);
+        return -EPIPE;
+    }
+}
+
+/* USBDEVFS_RESET: a port reset. The model switches mode as DFU 1.1
+ * Appendix A says and always re-enumerates; like the kernel when the
+ * descriptors changed, the ioctl then fails with ENODEV and the old node
+ * is gone. Lock held. */
+static void dfu_reset(struct sim_node *n, UMockdevIoctlClient *c)
+{
+    struct eng_vdfu *v = n->unit->vdfu;
+    if (eng_vdfu_gone(v)) {
+        umockdev_ioctl_client_complete(c, -1, ENODEV);
+        return;
+    }
+    eng_vdfu_bus_reset(v, now_ms());
+    if (n->sim->verbose)
+        usbsim_log(n->sim, "%s DFU bus reset -> mode %u", n->port->path, eng_vdfu_mode(v));
+    if (!eng_vdfu_take_reenumerate(v)) {
+        umockdev_ioctl_client_complete(c, 0, 0);
+        return;
+    }
+    usbsim_node_gone_locked(n);
+    if (!n->leaving) {
+        n->leaving = true;
+        usbsim_schedule(n, SIM_REENUMERATE, 0);
+    }
+    umockdev_ioctl_client_complete(c, -1, ENODEV);
+}
+
+/* USBDEVFS_SETINTERFACE: the kernel sends SET_INTERFACE (USB 2.0 §9.4.10). */
+static void dfu_set_interface(struct sim_node *n, UMockdevIoctlClient *c, UMockdevIoctlData *arg)
+{
+    GError *err = NULL;
+    UMockdevIoctlData *d =
+        umockdev_ioctl_data_resolve(arg, 0, sizeof(struct usbdevfs_setinterface), &err);
+    if (!d) {
+        g_clear_error(&err);
+        umockdev_ioctl_client_complete(c, -1, EFAULT);
+        return;
+    }
+    const struct usbdevfs_setinterface *si = (const struct usbdevfs_setinterface *)d->data;
+    const uint8_t setup[8] = {USB_DIR_OUT | USB_TYPE_STANDARD | USB_RECIP_INTERFACE,
+                              USB_REQ_SET_INTERFACE,
+                              (uint8_t)si->altsetting,
+                              (uint8_t)(si->altsetting >> 8),
+                              (uint8_t)si->interface,
+                              (uint8_t)(si->interface >> 8),
+                              0,
+                              0};
+    g_object_unref(d);
+    int r = dfu_request(n, setup, NULL, 0);
+    if (r == -ENODEV) {
+        umockdev_ioctl_client_complete(c, -1, ENODEV);
+        dfu_gone(n);
+        return;
+    }
+    if (r == -EAGAIN)
+        r = -ETIMEDOUT;
+    /* the kernel refuses an alt the descriptors do not have with EINVAL */
+    umockdev_ioctl_client_complete(c, r < 0 ? -1 : 0, r == -EPIPE ? EINVAL : r < 0 ? -r : 0);
+}
+
+static bool is_dfu(const struct sim_node *n)
+{
+    return n->unit && n->unit->vdfu;
+}
+
 /* Hand an OUT transfer to the model. Returns the URB status. */
 static int do_out(struct sim_node *n, struct sim_urb *u)
 {
@@ -426,7 +598,7 @@ static void bulk(struct sim_node *n, struct sim_urb *u)
 
 static bool endpoint_ok(const struct sim_node *n, unsigned char ep)
 {
-    return n->unit && (ep == EP_OUT || ep == EP_IN);
+    return n->unit && n->unit->vfb && (ep == EP_OUT || ep == EP_IN);
 }
 
 /* Count len bytes against the usbfs limit; false when they do not fit
@@ -492,6 +664,27 @@ static void submit_urb(struct sim_node *n, UMockdevIoctlClient *c, UMockdevIoctl
 
     switch (k->type) {
     case USBDEVFS_URB_TYPE_CONTROL: {
+        if (is_dfu(n)) {
+            const uint8_t *st = u->buf;
+            if ((size_t)(st[6] | st[7] << 8) > u->len - 8) {
+                /* the kernel checks wLength against the buffer at submission */
+                urb_free(u);
+                umockdev_ioctl_client_complete(c, -1, EINVAL);
+                return;
+            }
+            umockdev_ioctl_client_complete(c, 0, 0);
+            int r = dfu_request(n, u->buf, u->buf + 8, u->len - 8);
+            if (r == -EAGAIN) {
+                u->ctl = true;
+                u->due = g_get_monotonic_time() + DFU_RETRY_US;
+                g_queue_push_tail(&n->pending, u);
+                break;
+            }
+            urb_finish(n, u, r < 0 ? r : 0, r < 0 ? 0 : (size_t)r);
+            if (r == -ENODEV)
+                dfu_gone(n);
+            break;
+        }
         int r = control(n, u->buf, u->buf + 8, u->len - 8);
         umockdev_ioctl_client_complete(c, 0, 0);
         urb_finish(n, u, r < 0 ? r : 0, r < 0 ? 0 : (size_t)r);
@@ -630,7 +823,15 @@ static void sync_control(struct sim_node *n, UMockdevIoctlClient *c, UMockdevIoc
             return;
         }
     }
-    int r = control(n, setup, d ? d->data : NULL, d ? t->wLength : 0);
+    int r;
+    if (is_dfu(n)) {
+        /* A synchronous request the device NAKs ends with the ioctl's timeout. */
+        r = dfu_request(n, setup, d ? d->data : NULL, d ? t->wLength : 0);
+        if (r == -EAGAIN)
+            r = -ETIMEDOUT;
+    } else {
+        r = control(n, setup, d ? d->data : NULL, d ? t->wLength : 0);
+    }
     if (d)
         g_object_unref(d);
     g_object_unref(ct);
@@ -638,6 +839,8 @@ static void sync_control(struct sim_node *n, UMockdevIoctlClient *c, UMockdevIoc
         umockdev_ioctl_client_complete(c, -1, -r);
     else
         umockdev_ioctl_client_complete(c, r, 0);
+    if (r == -ENODEV && is_dfu(n) && !n->gone)
+        dfu_gone(n);
 }
 
 /* A new claimant is a new session: whatever an earlier client left (a
@@ -669,7 +872,7 @@ static void claim(struct sim_node *n, UMockdevIoctlClient *c, UMockdevIoctlData 
     if (n->owner != c) {
         drop_urbs_of_others(n, &n->pending, c);
         drop_urbs_of_others(n, &n->done, c);
-        if (n->unit)
+        if (n->unit && n->unit->vfb)
             eng_vfb_reset_link(n->unit->vfb);
         n->busy_until = 0;
         if (n->owner)
@@ -801,12 +1004,22 @@ static gboolean on_ioctl(UMockdevIoctlBase *h, UMockdevIoctlClient *c, gpointer 
     case USBDEVFS_GET_SPEED:
         umockdev_ioctl_client_complete(c, USB_SPEED_HIGH, 0);
         break;
-    case USBDEVFS_RELEASEINTERFACE:
     case USBDEVFS_SETINTERFACE:
+        if (is_dfu(n))
+            dfu_set_interface(n, c, arg);
+        else
+            umockdev_ioctl_client_complete(c, 0, 0);
+        break;
+    case USBDEVFS_RESET:
+        if (is_dfu(n))
+            dfu_reset(n, c);
+        else
+            umockdev_ioctl_client_complete(c, 0, 0);
+        break;
+    case USBDEVFS_RELEASEINTERFACE:
     case USBDEVFS_SETCONFIGURATION:
     case USBDEVFS_CLEAR_HALT:
     case USBDEVFS_RESETEP:
-    case USBDEVFS_RESET:
     case USBDEVFS_DISCONNECT:
     case USBDEVFS_CONNECT:
     case USBDEVFS_DROP_PRIVILEGES:
