@@ -13,6 +13,7 @@
 
 #include "common/st_error.h"
 #include "config/config.h"
+#include "engine/dfu_file.h"
 #include "engine/image.h"
 #include "engine/trust.h"
 #include "station/commands.h"
@@ -26,8 +27,34 @@ struct check {
 struct image_check {
     struct check *ck;
     const struct cfg_image *cfg;
-    char profile[CFG_NAME_MAX];
+    const struct cfg_profile *profile;
 };
+
+/* A DFU image must carry a good suffix (or the recipe allows raw .bin)
+ * and be made for one of the profile's VID:PIDs (any, when it names none). */
+static int check_dfu_image(const struct image_check *ic, const struct eng_image *img, char *err,
+                           size_t errlen)
+{
+    const struct cfg_profile *p = ic->profile;
+    bool any_usb = false;
+    int rc = ST_EINVAL;
+    for (unsigned m = 0; m < p->n_matches; m++) {
+        const struct cfg_match *mt = &p->matches[m];
+        if (mt->kind != CFG_MATCH_USB)
+            continue;
+        any_usb = true;
+        rc = eng_dfu_file_check(eng_image_data(img), (size_t)eng_image_size(img),
+                                eng_image_path(img), mt->vid, mt->pid, p->recipe->allow_raw_dfu,
+                                err, errlen);
+        if (rc == 0)
+            return 0;
+    }
+    if (!any_usb)
+        rc = eng_dfu_file_check(eng_image_data(img), (size_t)eng_image_size(img),
+                                eng_image_path(img), ENG_DFU_ID_ANY, ENG_DFU_ID_ANY,
+                                p->recipe->allow_raw_dfu, err, errlen);
+    return rc;
+}
 
 static void on_image(struct eng_image *img, int status, const char *message, void *user_data)
 {
@@ -36,6 +63,12 @@ static void on_image(struct eng_image *img, int status, const char *message, voi
     if (status) {
         ic->ck->errors++;
         printf("  image %-10s ERROR %s\n", ic->cfg->name, message);
+        return;
+    }
+    char err[400];
+    if (ic->profile->protocol == CFG_PROTO_DFU && check_dfu_image(ic, img, err, sizeof(err))) {
+        ic->ck->errors++;
+        printf("  image %-10s ERROR %s\n", ic->cfg->name, err);
         return;
     }
     printf("  image %-10s %s  %" PRIu64 " bytes  sha256 %s%s\n", ic->cfg->name,
@@ -115,7 +148,7 @@ int st_check_config(const struct cfg_config *cfg)
             struct image_check *ic = &ics[n_ics++];
             ic->ck = &ck;
             ic->cfg = &r->images[k];
-            snprintf(ic->profile, sizeof(ic->profile), "%s", p->name);
+            ic->profile = p;
             int rc = eng_image_open(&loop, &r->images[k], &trust, on_image, ic, &imgs[n_imgs]);
             if (rc) {
                 printf("  image %-10s ERROR %s\n", r->images[k].name, st_strerror(rc));
