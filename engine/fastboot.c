@@ -438,6 +438,11 @@ void eng_fb_abort(struct eng_fb *fb, int status, const char *reason)
     end_with(fb, status);
 }
 
+uint64_t eng_fb_data_sent(const struct eng_fb *fb)
+{
+    return fb->download ? fb->data_sent : 0;
+}
+
 bool eng_fb_busy(const struct eng_fb *fb)
 {
     return fb->state != FB_IDLE;

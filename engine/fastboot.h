@@ -66,6 +66,10 @@ int eng_fb_download_iov(struct eng_fb *fb, const struct eng_iov *iov, unsigned n
  * example ST_ENODEV or ST_ECANCELED) and `reason`. No-op when idle. */
 void eng_fb_abort(struct eng_fb *fb, int status, const char *reason);
 
+/* Bytes of the last download the transport reported sent (all of them
+ * after a successful download). */
+uint64_t eng_fb_data_sent(const struct eng_fb *fb);
+
 /* True while an operation runs. */
 bool eng_fb_busy(const struct eng_fb *fb);
 

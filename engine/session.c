@@ -347,6 +347,11 @@ static void set_qual(struct eng_session *s)
 static void on_flash_sub_done(struct eng_fb *fb, int status, const char *text, void *user_data)
 {
     struct eng_session *s = user_data;
+    if (s->sub == FL_DOWNLOAD) {
+        /* Only what the device took counts, also when the download failed. */
+        s->bytes += eng_fb_data_sent(fb);
+        s->step_bytes += eng_fb_data_sent(fb);
+    }
     const struct cfg_step *st = cur(s);
     switch (s->sub) {
     case FL_HAS_SLOT:
@@ -489,14 +494,10 @@ static void flash_next(struct eng_session *s)
             const struct eng_sparse_piece *pc = eng_sparse_plan_piece(s->plan, s->piece);
             rc = eng_fb_download_iov(s->fb, pc->iov, pc->n_iov, pc->bytes,
                                      data_timeout(s, pc->bytes), on_flash_sub_done, s);
-            s->bytes += pc->bytes;
-            s->step_bytes += pc->bytes;
         } else {
             uint64_t size = eng_image_size(img);
             rc = eng_fb_download(s->fb, eng_image_data(img), size, data_timeout(s, size),
                                  on_flash_sub_done, s);
-            s->bytes += size;
-            s->step_bytes += size;
         }
         break;
     case FL_FLASH: {
