@@ -441,8 +441,8 @@ static void LIBUSB_CALL string_done(struct libusb_transfer *lt)
         return;
     }
     if (step == 0 && lt->status != LIBUSB_TRANSFER_COMPLETED) {
-        snprintf(msg, sizeof(msg), "%s (%04x:%04x): reading the serial number failed: %s",
-                 d->pub.port, d->pub.vid, d->pub.pid, st_strerror(translate_status(lt->status)));
+        snprintf(msg, sizeof(msg), "%04x:%04x: reading the serial number failed: %s", d->pub.vid,
+                 d->pub.pid, st_strerror(translate_status(lt->status)));
         drop(d, msg);
         kick(d->usb);
         return;
@@ -456,7 +456,7 @@ static void LIBUSB_CALL string_done(struct libusb_transfer *lt)
     d->string_step++;
     int rc = read_next_string(d);
     if (rc != 0) {
-        snprintf(msg, sizeof(msg), "%s: cannot read a string descriptor: %s", d->pub.port,
+        snprintf(msg, sizeof(msg), "cannot read a string descriptor: %s",
                  libusb_error_name(rc));
         drop(d, msg);
         kick(d->usb);
@@ -552,7 +552,7 @@ static void try_open(struct usbdev *d)
     if (!d->first_try)
         d->first_try = now ? now : 1;
     if (libusb_get_device_descriptor(d->dev, &dd) != 0) {
-        snprintf(msg, sizeof(msg), "%s: unreadable device descriptor", d->pub.port);
+        snprintf(msg, sizeof(msg), "unreadable device descriptor");
         drop(d, msg);
         return;
     }
@@ -565,15 +565,15 @@ static void try_open(struct usbdev *d)
         return;
     }
     if (d->rule == -2 || (!d->dfu && (!d->ep_in || !d->ep_out))) {
-        snprintf(msg, sizeof(msg), "%s (%04x:%04x): broken or incomplete USB descriptors", d->pub.port,
+        snprintf(msg, sizeof(msg), "%04x:%04x: broken or incomplete USB descriptors",
                  dd.idVendor, dd.idProduct);
         drop(d, msg);
         return;
     }
     if (d->dfu && read_dfu_info(d, &dd) != 0) {
         snprintf(msg, sizeof(msg),
-                 "%s (%04x:%04x): DFU interface without a usable DFU functional descriptor",
-                 d->pub.port, dd.idVendor, dd.idProduct);
+                 "%04x:%04x: DFU interface without a usable DFU functional descriptor",
+                 dd.idVendor, dd.idProduct);
         drop(d, msg);
         return;
     }
@@ -591,12 +591,12 @@ static void try_open(struct usbdev *d)
         }
         if (rc == LIBUSB_ERROR_ACCESS)
             snprintf(msg, sizeof(msg),
-                     "%s (%04x:%04x): permission denied opening the device; install the "
-                     "station's udev rules (udev/70-station.rules) and add the station's user "
-                     "to their group, then replug",
-                     d->pub.port, dd.idVendor, dd.idProduct);
+                     "%04x:%04x: permission denied opening the device; install the "
+                     "station's udev rules (/usr/lib/udev/rules.d/70-station.rules, from udev/ "
+                     "in the source), add the station's user to their group, then replug",
+                     dd.idVendor, dd.idProduct);
         else
-            snprintf(msg, sizeof(msg), "%s (%04x:%04x): cannot open the device: %s", d->pub.port,
+            snprintf(msg, sizeof(msg), "%04x:%04x: cannot open the device: %s",
                      dd.idVendor, dd.idProduct, libusb_error_name(rc));
         drop(d, msg);
         return;
@@ -605,7 +605,7 @@ static void try_open(struct usbdev *d)
     libusb_set_auto_detach_kernel_driver(d->h, 1);
     rc = libusb_claim_interface(d->h, d->iface);
     if (rc != 0) {
-        snprintf(msg, sizeof(msg), "%s (%04x:%04x): cannot claim interface %d: %s%s", d->pub.port,
+        snprintf(msg, sizeof(msg), "%04x:%04x: cannot claim interface %d: %s%s",
                  dd.idVendor, dd.idProduct, d->iface, libusb_error_name(rc),
                  rc == LIBUSB_ERROR_BUSY ? " (another program is using the device)" : "");
         drop(d, msg);
@@ -622,7 +622,7 @@ static void try_open(struct usbdev *d)
     d->string_step = 0;
     rc = read_next_string(d);
     if (rc != 0) {
-        snprintf(msg, sizeof(msg), "%s: cannot read the serial number: %s", d->pub.port,
+        snprintf(msg, sizeof(msg), "cannot read the serial number: %s",
                  libusb_error_name(rc));
         drop(d, msg);
     }
