@@ -151,6 +151,24 @@ int eng_engine_add_profile(struct eng_engine *eng, const char *name,
                            void *user_data, unsigned *index);
 
 /*
+ * Configuration reload: forget profiles [first, first + count). The
+ * engine drops its reference to each (a running session keeps its
+ * profile, images included, until it ends) and renumbers the profiles
+ * after them down by `count`, so that a transport's profile index N now
+ * names what is profile N after the call. A reload adds the new
+ * configuration's profiles after the current ones, waits for their load
+ * callbacks, then drops either the old ones (0, n_old) or, when one
+ * failed, the new ones (n_old, n_new). Devices waiting for a profile are
+ * started. Room is kept for two full generations (2 * ENG_MAX_PROFILES
+ * profiles in all while a reload loads).
+ *
+ * Returns 0, or ST_EINVAL for a range beyond the profiles added, or
+ * ST_EBUSY when one of them is still loading (its load callback has not
+ * run yet). Loop thread; may be called from inside a load callback.
+ */
+int eng_engine_drop_profiles(struct eng_engine *eng, unsigned first, unsigned count);
+
+/*
  * Take a copy of `recipe`, open every image (mmap, generate demo images)
  * and compute their SHA-256 on the libuv thread pool; pinned hashes are
  * checked. `cb` runs once on the loop thread with 0, or with an error and

@@ -67,8 +67,10 @@ struct eng_engine {
     struct eng_options opts;
     eng_event_cb cb;
     void *user_data;
-    /* profiles: transports name theirs by index (eng_transport.profile) */
-    struct eng_profile *profiles[ENG_MAX_PROFILES];
+    /* profiles: transports name theirs by index (eng_transport.profile);
+     * room for the current generation and one being loaded by a reload
+     * (eng_engine_drop_profiles) */
+    struct eng_profile *profiles[2 * ENG_MAX_PROFILES];
     unsigned n_profiles;
     /* slots */
     struct eng_slot **slots;

@@ -74,10 +74,13 @@ static void image_loaded(struct eng_image *img, int status, const char *message,
         }
         prof->loaded = true;
     }
+    bool loaded = prof->loaded;
+    eng__profile_ref(prof); /* the callback may drop the profile (a reload) */
     if (prof->load_cb)
         prof->load_cb(prof->load_failed ? ST_EINVAL : 0, prof->load_failed ? prof->load_msg : "",
                       prof->load_user_data);
-    if (prof->loaded && !eng->closing)
+    eng__profile_unref(prof);
+    if (loaded && !eng->closing)
         eng__start_waiting(eng);
     eng__pending_done(eng);
 }
@@ -103,7 +106,7 @@ int eng_engine_add_profile(struct eng_engine *eng, const char *name,
 {
     if (eng->closing)
         return ST_ECLOSED;
-    if (eng->n_profiles == ENG_MAX_PROFILES)
+    if (eng->n_profiles == 2 * ENG_MAX_PROFILES)
         return ST_ERANGE;
     int rc = check_recipe(recipe);
     if (rc)
@@ -165,6 +168,23 @@ int eng_engine_load(struct eng_engine *eng, const struct cfg_recipe *recipe, eng
     if (eng->n_profiles)
         return ST_EBUSY;
     return eng_engine_add_profile(eng, "default", recipe, NULL, cb, user_data, NULL);
+}
+
+int eng_engine_drop_profiles(struct eng_engine *eng, unsigned first, unsigned count)
+{
+    if (first > eng->n_profiles || count > eng->n_profiles - first)
+        return ST_EINVAL;
+    for (unsigned i = first; i < first + count; i++)
+        if (eng->profiles[i]->n_loading > 0)
+            return ST_EBUSY; /* its images still call back into it */
+    for (unsigned i = first; i < first + count; i++)
+        eng__profile_unref(eng->profiles[i]); /* sessions hold their own references */
+    memmove(&eng->profiles[first], &eng->profiles[first + count],
+            (eng->n_profiles - first - count) * sizeof(eng->profiles[0]));
+    eng->n_profiles -= count;
+    if (!eng->closing)
+        eng__start_waiting(eng); /* a waiting device's index may name a loaded profile now */
+    return 0;
 }
 
 const struct eng_image_info *eng_engine_images(const struct eng_engine *eng, unsigned *n)

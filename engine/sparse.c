@@ -21,6 +21,7 @@
 
 #define SPARSE_MAGIC 0xed26ff3au
 #define RESPARSE_LIMIT (1ull << 30)
+#define SPARSE_MAX_BLOCK (1u << 20) /* images use 4 KiB; ext4 allows up to 64 KiB */
 
 /* A range while planning: offsets, resolved to pointers at the end. */
 struct seg {
@@ -284,6 +285,14 @@ static int index_sparse_input(struct builder *b)
     b->bs = le32(m + 12);
     if (hdr < 28 || chdr < 12 || b->bs == 0)
         return fail(b, ST_EPROTO, "sparse image: bad header");
+    /* libsparse allocates a block-sized buffer per piece and keeps block
+     * sizes in an int: refuse what no image uses before it sees them. */
+    if (b->bs % 4 != 0 || b->bs > SPARSE_MAX_BLOCK)
+        return fail(b, ST_EPROTO, "sparse image: unsupported block size");
+    /* Each chunk takes at least a chunk header: the count in the file
+     * header must not size the index beyond what the file can hold. */
+    if (hdr > b->size || chunks > (b->size - hdr) / chdr)
+        return fail(b, ST_EPROTO, "sparse image: truncated chunk header");
     b->src = calloc(chunks ? chunks : 1, sizeof(*b->src));
     if (!b->src)
         return fail(b, ST_ENOMEM, "out of memory");

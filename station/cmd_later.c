@@ -13,4 +13,3 @@
         return st_usage_error("'%s' is not implemented yet", name);            \
     }
 
-ST__NOT_YET(st_cmd_learn, "learn")

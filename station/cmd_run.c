@@ -41,6 +41,8 @@ static const char run_usage[] =
     "                      ALREADY DONE, nothing written), reflash, or fail\n"
     "  --seed N            simulated devices' serial numbers (default: random)\n"
     "  --db-timeout-ms MS  wait this long for another process's database lock (default 5000)\n"
+    "  --socket PATH       where 'station watch' attaches (default: the database's path\n"
+    "                      + .sock); mode 0660, open to the station's group only\n"
     "\n"
     "exit codes: 0 success, 1 a session failed, 2 usage, config, recipe or image error,\n"
     "3 internal error\n";
@@ -52,7 +54,7 @@ int st_cmd_run(int argc, char **argv)
         O_SYSTEM_MIB, O_MAX_DOWNLOAD, O_REPLUG, O_TIMEOUT, O_INFO, O_STATION_ID, O_HELP,
         O_LOG_FORMAT,
         O_SERIAL_POLICY, O_SEED, O_DB_TIMEOUT,
-        O_TCP,
+        O_TCP, O_SOCKET,
     };
     static const struct option longopts[] = {
         {"simulate", required_argument, NULL, O_SIMULATE},
@@ -76,6 +78,7 @@ int st_cmd_run(int argc, char **argv)
         {"serial-policy", required_argument, NULL, O_SERIAL_POLICY},
         {"seed", required_argument, NULL, O_SEED},
         {"db-timeout-ms", required_argument, NULL, O_DB_TIMEOUT},
+        {"socket", required_argument, NULL, O_SOCKET},
         {NULL, 0, NULL, 0},
     };
     struct st_run_options o;
@@ -183,6 +186,9 @@ int st_cmd_run(int argc, char **argv)
             if (st_parse_uint("--db-timeout-ms", optarg, 3600000, &v))
                 return ST_EXIT_USAGE;
             o.db_busy_ms = v ? (unsigned)v : 1; /* 0 would mean "the default" */
+            break;
+        case O_SOCKET:
+            o.socket_path = optarg;
             break;
         case O_LOG_FORMAT:
             if (!strcmp(optarg, "text"))

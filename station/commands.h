@@ -14,6 +14,7 @@ int st_cmd_history(int argc, char **argv);
 int st_cmd_check(int argc, char **argv);
 int st_cmd_ports(int argc, char **argv);
 int st_cmd_learn(int argc, char **argv);
+int st_cmd_watch(int argc, char **argv);
 
 struct cfg_config;
 /* Print what `station check` prints for an already loaded config and

@@ -22,6 +22,7 @@ static const struct {
     {"check", st_cmd_check, "validate config, recipes and images; touches no device"},
     {"ports", st_cmd_ports, "list attached USB devices by port path"},
     {"learn", st_cmd_learn, "bind slots by plugging a device into each port in turn"},
+    {"watch", st_cmd_watch, "show a running station's dashboard, read-only"},
 };
 
 static void usage(FILE *f)

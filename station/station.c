@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include "engine/trust.h"
 #include "engine/usb.h"
 #include "engine/virt/rack.h"
+#include "station/publish.h"
 #include "station/serials.h"
 #include "station/usb_rules.h"
 #include "ui/dashboard.h"
@@ -33,6 +35,7 @@ struct station {
     const struct st_run_options *opts;
     uv_loop_t loop;
     uv_signal_t sigint, sigterm;
+    uv_signal_t sighup;          /* reload the configuration (with -c only) */
     struct db *db;
     struct eng_engine *eng;
     struct eng_rack *rack;
@@ -41,6 +44,15 @@ struct station {
     struct eng_pubkey signer;
     unsigned profiles_loading;   /* profiles whose images are not loaded yet */
     bool profiles_failed;
+    /* SIGHUP reload: the new configuration while its profiles load */
+    struct cfg_config *next_cfg;
+    unsigned reload_loading;     /* its profiles not loaded yet, +1 while adding them */
+    unsigned reload_added;       /* its profiles added to the engine (after the current ones) */
+    bool reload_failed;
+    bool reload_again;           /* SIGHUP during a load: reload once more after it */
+    char reload_err[CFG_ERROR_MAX];
+    struct cfg_config **old_cfgs; /* replaced by reloads; freed at exit (opts point into them) */
+    unsigned n_old_cfgs;
     struct eng_tcp_source **tcp; /* network slots (--tcp), created once images loaded */
     unsigned n_tcp;
     unsigned sources_running;    /* device sources not yet stopped, +1 while stopping them */
@@ -48,6 +60,7 @@ struct station {
     struct ui_headless *out;  /* NULL while the dashboard runs */
     struct ui_dash *dash;     /* NULL when headless */
     struct st_serials *serials; /* serial policy; freed after the db writer stops */
+    struct st_publisher *pub;   /* `station watch` socket; NULL when none */
     char deferred_err[600];   /* an error met while the dashboard had the terminal */
     char station_id[64];
     unsigned recorded;      /* committed session ends */
@@ -214,7 +227,11 @@ static void on_event(const struct eng_event *ev, void *user_data)
     ui_headless_event(st->out, ev);
     switch (ev->type) {
     case ENG_EV_DEVICE_ERROR:
-        note(st, UI_NOTE_ERROR, "%s: %s", ev->slot, ev->text ? ev->text : "device error");
+        if (strcmp(ev->slot, ev->port))
+            note(st, UI_NOTE_ERROR, "%s: %s: %s", ev->slot, ev->port,
+                 ev->text ? ev->text : "device error");
+        else
+            note(st, UI_NOTE_ERROR, "%s: %s", ev->slot, ev->text ? ev->text : "device error");
         break;
     case ENG_EV_SESSION_BEGIN:
         st_serials_begin(st->serials, ev->session_id, ev->slot);
@@ -260,8 +277,11 @@ static void on_db_stopped(struct db *db, void *user_data)
     struct station *st = user_data;
     uv_close((uv_handle_t *)&st->sigint, NULL);
     uv_close((uv_handle_t *)&st->sigterm, NULL);
+    if (st->opts->config_path)
+        uv_close((uv_handle_t *)&st->sighup, NULL);
     if (st->dash)
         ui_dash_close(st->dash, NULL, NULL);
+    st_publisher_close(st->pub, NULL, NULL); /* watchers get the final state, then EOF */
 }
 
 static void on_usb_closed(struct eng_usb *usb, void *user_data)
@@ -391,6 +411,7 @@ static void on_ui_action(enum ui_action action, void *user_data)
 }
 
 static int config_tcp_sources(struct station *st);
+static void start_reload(struct station *st);
 
 static void on_loaded(int status, const char *message, void *user_data)
 {
@@ -421,6 +442,8 @@ static void on_loaded(int status, const char *message, void *user_data)
             shutdown_station(st, ST_EXIT_INTERNAL);
         }
     }
+    if (st->reload_again && !st->stopping)
+        start_reload(st); /* a SIGHUP came while the first configuration loaded */
 }
 
 /* The configuration's network slots: every `match = tcp:HOST:PORT`. */
@@ -494,6 +517,282 @@ static int add_config_profiles(struct station *st)
     return 0;
 }
 
+/* ---- SIGHUP: reload the configuration ----
+ *
+ * The new configuration's profiles are added to the engine after the
+ * current ones and load off the loop; once all have loaded, the old ones
+ * are dropped (eng_engine_drop_profiles), so devices arriving from then on
+ * get the new profiles under the same indexes, while running sessions
+ * finish on the profile they hold. A file that does not load, or an image
+ * that fails its checks, leaves the station on the previous configuration.
+ * What is wired at start stays: USB rules and network slots keep the
+ * matches of the first configuration, simulated devices their profile
+ * index; slot names, recipes, images and profile settings follow the file. */
+
+static void finish_reload(struct station *st)
+{
+    struct cfg_config *cfg = st->next_cfg;
+    unsigned n_old = st->cfg->n_profiles;
+    st->next_cfg = NULL;
+    if (st->reload_failed || st->stopping) {
+        if (eng_engine_drop_profiles(st->eng, n_old, st->reload_added) != 0)
+            errorf(st, "internal error: cannot drop the profiles of a failed reload");
+        if (!st->stopping)
+            note(st, UI_NOTE_ERROR, "config reload failed: %s; still running on the previous "
+                 "configuration", st->reload_err);
+        cfg_free(cfg);
+    } else {
+        if (eng_engine_drop_profiles(st->eng, 0, n_old) != 0)
+            errorf(st, "internal error: cannot drop the previous configuration's profiles");
+        bool same = cfg->n_profiles == n_old;
+        for (unsigned p = 0; same && p < n_old; p++)
+            same = !strcmp(cfg->profiles[p].name, st->cfg->profiles[p].name);
+        st->old_cfgs[st->n_old_cfgs++] = st->cfg; /* room made by start_reload */
+        st->cfg = cfg;
+        const struct cfg_recipe *r = cfg->profiles[0].recipe;
+        ui_model_set_station(&st->model, st->station_id, r->name, r->version,
+                             st->model.started_ms);
+        note(st, UI_NOTE_INFO, "config reloaded: %u profiles", cfg->n_profiles);
+        unsigned n;
+        const struct eng_image_info *im = eng_engine_images(st->eng, &n);
+        for (unsigned i = 0; i < n; i++)
+            note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name,
+                 im[i].path, im[i].size, im[i].sha256);
+        if (!same)
+            note(st, UI_NOTE_WARN, "config reload: the [profile] list changed; USB rules and "
+                 "network slots keep the first configuration's matches until a restart");
+    }
+    if (st->reload_again && !st->stopping)
+        start_reload(st);
+}
+
+static void reload_step_done(struct station *st)
+{
+    if (--st->reload_loading == 0)
+        finish_reload(st);
+}
+
+static void on_reload_loaded(int status, const char *message, void *user_data)
+{
+    struct station *st = user_data;
+    if (status && !st->reload_failed) {
+        st->reload_failed = true;
+        snprintf(st->reload_err, sizeof(st->reload_err), "%s", message);
+    }
+    reload_step_done(st);
+}
+
+static void start_reload(struct station *st)
+{
+    char err[CFG_ERROR_MAX];
+    struct cfg_config *cfg;
+    struct eng_pubkey key;
+    st->reload_again = false;
+    if (cfg_load(st->opts->config_path, &cfg, err, sizeof(err)) != 0) {
+        note(st, UI_NOTE_ERROR, "config reload failed: %s; still running on the previous "
+             "configuration", err);
+        return;
+    }
+    if (!cfg->n_profiles) {
+        snprintf(err, sizeof(err), "%s: no [profile] section: nothing to flash", cfg->path);
+        goto out_refuse;
+    }
+    if (cfg->minisign_key[0] &&
+        eng_trust_load_pubkey(cfg->minisign_key, &key, err, sizeof(err)) != 0)
+        goto out_refuse;
+    struct cfg_config **old = realloc(st->old_cfgs, (st->n_old_cfgs + 1) * sizeof(*old));
+    if (!old) {
+        snprintf(err, sizeof(err), "%s", st_strerror(ST_ENOMEM));
+        goto out_refuse;
+    }
+    st->old_cfgs = old;
+    st->next_cfg = cfg;
+    st->reload_failed = false;
+    st->reload_added = 0;
+    st->reload_loading = 1; /* held while adding: a profile without images calls back at once */
+    for (unsigned p = 0; p < cfg->n_profiles; p++) {
+        const struct cfg_profile *pr = &cfg->profiles[p];
+        struct eng_profile_options po = {
+            .reply_timeout_ms = pr->timeout_ms,
+            .min_rate_bps = pr->min_rate_bps,
+            .retries = pr->retries,
+            .signer = cfg->minisign_key[0] ? &key : NULL,
+            .require_signatures = cfg->require_signatures,
+        };
+        st->reload_loading++;
+        int rc = eng_engine_add_profile(st->eng, pr->name, pr->recipe, &po, on_reload_loaded, st,
+                                        NULL);
+        if (rc) {
+            st->reload_loading--;
+            st->reload_failed = true;
+            snprintf(st->reload_err, sizeof(st->reload_err), "profile %s: cannot load recipe %s: %s",
+                     pr->name, pr->recipe_path, st_strerror(rc));
+            break;
+        }
+        st->reload_added++;
+    }
+    reload_step_done(st);
+    return;
+
+out_refuse:
+    note(st, UI_NOTE_ERROR, "config reload failed: %s; still running on the previous "
+         "configuration", err);
+    cfg_free(cfg);
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    struct station *st = h->data;
+    if (st->stopping)
+        return;
+    if (st->profiles_loading > 0 || st->next_cfg) {
+        st->reload_again = true; /* once the load under way has ended */
+        return;
+    }
+    note(st, UI_NOTE_INFO, "SIGHUP: reloading %s", st->opts->config_path);
+    start_reload(st);
+}
+
+/* ---- the loop's clock, and its latency probe (bench/bench_loop.c, docs/BENCHMARKS.md) ----
+ *
+ * With the environment variable STATION_LOOP_STATS=FILE, st_run() measures
+ * how late its loop runs and appends one line to FILE at exit:
+ *
+ *   loop samples=N p50_us=A p99_us=B max_us=C over_2ms=K over_20ms=L
+ *        busy_pct=P iter_max_us=I max_at_ms=T
+ *
+ * A 1 ms repeating timer is the probe: its stall is the time from when it
+ * was due (previous fire + 1 ms, by uv_hrtime) to when it actually ran,
+ * kept in a histogram of 10 µs buckets up to 100 ms (p50/p99 are bucket
+ * upper edges; max is exact). libuv keeps time in whole milliseconds, so
+ * an idle loop already shows up to about 1 ms. busy_pct is the share of the
+ * run spent outside the poll wait (libuv's idle-time metric); iter_max_us is
+ * the longest single loop iteration outside the poll wait; max_at_ms is when
+ * the worst stall ended, from the start of the run. Without the
+ * variable only the clock below runs. The handles are unref'd: they never
+ * keep the loop alive.
+ *
+ * The clock (always on): libuv reads the time once per iteration, before
+ * the timers run, and computes the poll timeout from that reading. When
+ * the iteration's callbacks took T ms (many devices' transfers completing
+ * together), a timer that fell due meanwhile still waits up to T ms more in
+ * the poll, and a paced device loses that time on every transfer (32
+ * devices at 40 MB/s kept 70-88 % of their pace instead of 97-99 %:
+ * docs/BENCHMARKS.md, B5). A prepare callback refreshes the loop's time
+ * just before that timeout is computed. */
+#define LOOP_STATS_BUCKET_NS 10000u
+#define LOOP_STATS_BUCKETS 10000u /* 100 ms */
+
+struct loop_stats {
+    bool on;                   /* STATION_LOOP_STATS given */
+    uv_timer_t timer;
+    uv_prepare_t prepare;      /* the clock; with `on` also the iteration accounting */
+    uint64_t last_ns, start_ns, start_idle_ns;
+    uint64_t prev_prepare_ns, prev_idle_ns, iter_max_ns;
+    uint64_t samples, max_ns, max_at_ns, over_2ms, over_20ms;
+    uint32_t hist[LOOP_STATS_BUCKETS + 1]; /* the last one: 100 ms and more */
+    char path[512];
+};
+
+static void loop_stats_tick(uv_timer_t *t)
+{
+    struct loop_stats *ls = t->data;
+    uint64_t now = uv_hrtime();
+    uint64_t due = ls->last_ns + 1000000u;
+    uint64_t late = now > due ? now - due : 0;
+    ls->last_ns = now;
+    ls->samples++;
+    if (late > ls->max_ns) {
+        ls->max_ns = late;
+        ls->max_at_ns = now - ls->start_ns;
+    }
+    ls->over_2ms += late > 2000000u;
+    ls->over_20ms += late > 20000000u;
+    uint64_t b = late / LOOP_STATS_BUCKET_NS;
+    ls->hist[b < LOOP_STATS_BUCKETS ? b : LOOP_STATS_BUCKETS]++;
+}
+
+/* Before each poll wait: the time since the previous one, less the wait. */
+static void loop_stats_prepare(uv_prepare_t *p)
+{
+    struct loop_stats *ls = p->data;
+    uv_update_time(p->loop); /* the clock: see above */
+    if (!ls->on)
+        return;
+    uint64_t now = uv_hrtime(), idle = uv_metrics_idle_time(p->loop);
+    if (ls->prev_prepare_ns) {
+        uint64_t span = now - ls->prev_prepare_ns, waited = idle - ls->prev_idle_ns;
+        uint64_t busy = span > waited ? span - waited : 0;
+        if (busy > ls->iter_max_ns)
+            ls->iter_max_ns = busy;
+    }
+    ls->prev_prepare_ns = now;
+    ls->prev_idle_ns = idle;
+}
+
+static struct loop_stats *loop_stats_start(uv_loop_t *loop)
+{
+    const char *path = getenv("STATION_LOOP_STATS");
+    struct loop_stats *ls = calloc(1, sizeof(*ls));
+    if (!ls)
+        return NULL; /* no clock: timers are only later */
+    uv_prepare_init(loop, &ls->prepare);
+    ls->prepare.data = ls;
+    uv_prepare_start(&ls->prepare, loop_stats_prepare);
+    uv_unref((uv_handle_t *)&ls->prepare);
+    if (!path || !path[0])
+        return ls;
+    ls->on = true;
+    snprintf(ls->path, sizeof(ls->path), "%s", path);
+    uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
+    uv_timer_init(loop, &ls->timer);
+    ls->timer.data = ls;
+    ls->start_ns = ls->last_ns = uv_hrtime();
+    ls->start_idle_ns = uv_metrics_idle_time(loop);
+    uv_timer_start(&ls->timer, loop_stats_tick, 1, 1);
+    uv_unref((uv_handle_t *)&ls->timer);
+    return ls;
+}
+
+static uint64_t loop_stats_quantile_us(const struct loop_stats *ls, double q)
+{
+    uint64_t want = (uint64_t)((double)ls->samples * q), seen = 0;
+    for (unsigned b = 0; b <= LOOP_STATS_BUCKETS; b++) {
+        seen += ls->hist[b];
+        if (seen > want || (seen == ls->samples && seen))
+            return b == LOOP_STATS_BUCKETS ? ls->max_ns / 1000u
+                                           : (uint64_t)(b + 1) * LOOP_STATS_BUCKET_NS / 1000u;
+    }
+    return 0;
+}
+
+/* After uv_run() returned: close the handles, write the probe's line, free. */
+static void loop_stats_finish(struct loop_stats *ls, uv_loop_t *loop)
+{
+    if (!ls)
+        return;
+    uint64_t elapsed = uv_hrtime() - ls->start_ns;
+    uint64_t idle = ls->on ? uv_metrics_idle_time(loop) - ls->start_idle_ns : 0;
+    if (ls->on)
+        uv_close((uv_handle_t *)&ls->timer, NULL);
+    uv_close((uv_handle_t *)&ls->prepare, NULL);
+    uv_run(loop, UV_RUN_DEFAULT); /* only the closes are left */
+    FILE *f = ls->on ? fopen(ls->path, "a") : NULL;
+    if (f) {
+        fprintf(f,
+                "loop samples=%" PRIu64 " p50_us=%" PRIu64 " p99_us=%" PRIu64 " max_us=%" PRIu64
+                " over_2ms=%" PRIu64 " over_20ms=%" PRIu64 " busy_pct=%.1f iter_max_us=%" PRIu64
+                " max_at_ms=%" PRIu64 "\n",
+                ls->samples, loop_stats_quantile_us(ls, 0.50), loop_stats_quantile_us(ls, 0.99),
+                ls->max_ns / 1000u, ls->over_2ms, ls->over_20ms,
+                elapsed ? 100.0 * (double)(elapsed > idle ? elapsed - idle : 0) / (double)elapsed
+                        : 0.0,
+                ls->iter_max_ns / 1000u, ls->max_at_ns / 1000000u);
+        fclose(f);
+    }
+    free(ls);
+}
+
 static int apply_image_overrides(struct station *st, struct cfg_recipe *r)
 {
     for (unsigned i = 0; i < st->opts->n_images; i++) {
@@ -521,6 +820,34 @@ static int apply_image_overrides(struct station *st, struct cfg_recipe *r)
             return -1;
         }
     }
+    return 0;
+}
+
+/* The `station watch` socket: --socket PATH, else beside the database.
+ * Watching is optional: a default socket that cannot be made is a warning;
+ * a --socket that cannot is an error (-1). */
+static int start_publisher(struct station *st)
+{
+    char path[PATH_MAX], err[PATH_MAX + 200];
+    const char *want = st->opts->socket_path;
+    if (!want) {
+        if (st_publisher_default_path(st->opts->db_path, path, sizeof(path)) != 0) {
+            note(st, UI_NOTE_WARN, "watch socket: %s.sock is too long for a Unix socket; "
+                 "no 'station watch' without --socket PATH", st->opts->db_path);
+            return 0;
+        }
+        want = path;
+    }
+    int rc = st_publisher_new(&st->loop, &st->model, want, NULL, &st->pub, err, sizeof(err));
+    if (rc) {
+        if (st->opts->socket_path) {
+            errorf(st, "%s", err);
+            return -1;
+        }
+        note(st, UI_NOTE_WARN, "%s; no 'station watch' for this run", err);
+        return 0;
+    }
+    note(st, UI_NOTE_INFO, "watch: station watch --socket %s", want);
     return 0;
 }
 
@@ -629,7 +956,8 @@ int st_run(const struct st_run_options *o)
             .count = opts.simulate,
             .pace_mbps = opts.pace_mbps >= 0 ? opts.pace_mbps : cs ? cs->pace_mbps : 8.0,
             .max_download = opts.max_download ? opts.max_download : cs ? cs->max_download : 0,
-            .plug_interval_ms = cs && cs->plug_interval_ms ? cs->plug_interval_ms : 20,
+            .plug_interval_ms = opts.plug_interval_ms ? opts.plug_interval_ms
+                                : cs && cs->plug_interval_ms ? cs->plug_interval_ms : 20,
             .replug_ms = opts.replug_ms ? opts.replug_ms
                          : cs && cs->replug_ms ? cs->replug_ms : 1500,
             .max_units = opts.exit_after,
@@ -695,9 +1023,16 @@ int st_run(const struct st_run_options *o)
     st->sigint.data = st->sigterm.data = st;
     uv_signal_start(&st->sigint, on_signal, SIGINT);
     uv_signal_start(&st->sigterm, on_signal, SIGTERM);
+    if (opts.config_path) {
+        uv_signal_init(&st->loop, &st->sighup);
+        st->sighup.data = st;
+        uv_signal_start(&st->sighup, on_sighup, SIGHUP);
+    }
     /* A device that closes its TCP connection must fail its write with
      * EPIPE, not kill the station. */
     signal(SIGPIPE, SIG_IGN);
+    if (start_publisher(st) != 0)
+        shutdown_station(st, ST_EXIT_USAGE);
     if (want_dash) {
         struct ui_dash_options dopts = {.in_fd = STDIN_FILENO, .out = opts.out};
         rc = ui_dash_new(&st->loop, &st->model, &dopts, on_ui_action, st, &st->dash);
@@ -722,7 +1057,9 @@ int st_run(const struct st_run_options *o)
     }
     note(st, UI_NOTE_INFO, "station %s: recipe %s %s, %u simulated device(s), database %s",
                      st->station_id, recipe.name, recipe.version, opts.simulate, opts.db_path);
+    struct loop_stats *loop_stats = loop_stats_start(&st->loop); /* clock (+ probe if asked) */
     uv_run(&st->loop, UV_RUN_DEFAULT);
+    loop_stats_finish(loop_stats, &st->loop);
     exit_code = st->exit_code;
     if (st->dash) {
         /* the terminal is ours again */
@@ -756,6 +1093,7 @@ out_engine:
         eng_tcp_source_free(st->tcp[i]);
     free(st->tcp);
     eng_engine_free(st->eng);
+    st_publisher_free(st->pub);
 out_loop:
     if (uv_loop_close(&st->loop) != 0) {
         errorf(st, "internal error: handles left open at exit");
@@ -763,6 +1101,10 @@ out_loop:
     }
     db_close(st->db);
     cfg_free(st->cfg);
+    cfg_free(st->next_cfg); /* a reload the stop interrupted */
+    for (unsigned i = 0; i < st->n_old_cfgs; i++)
+        cfg_free(st->old_cfgs[i]);
+    free(st->old_cfgs);
     st_serials_free(st->serials); /* the writer's drain answered every lookup */
     ui_headless_free(st->out);
     ui_model_free(&st->model);

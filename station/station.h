@@ -54,6 +54,7 @@ struct st_run_options {
     uint64_t system_bytes;        /* demo system image size; 0 = default */
     uint64_t max_download;        /* virtual devices' max-download-size; 0 = default */
     unsigned replug_ms;           /* simulated operator; 0 = default */
+    unsigned plug_interval_ms;    /* simulated rack: between the first plugs; 0 = default */
     unsigned reply_timeout_ms;    /* 0 = default (5 s) */
     unsigned info_lines;          /* virtual devices: INFO lines per flash */
     const char *faults[ST_MAX_FAULTS]; /* "N:KIND=ARG" */
@@ -65,6 +66,7 @@ struct st_run_options {
     enum st_serial_policy serial_policy;
     uint32_t seed;                /* simulated serial numbers; 0 = random */
     unsigned db_busy_ms;          /* wait for another process's lock; 0 = default (5000) */
+    const char *socket_path;      /* `station watch` socket; NULL = DB.sock beside the db */
 };
 
 /* Run the station; returns an st_exit code. */

@@ -193,6 +193,7 @@ int ui_dash_new(uv_loop_t *loop, struct ui_model *model, const struct ui_dash_op
     d->user_data = user_data;
     d->out = opts->out ? opts->out : stdout;
     d->redraw_ms = opts->redraw_ms ? opts->redraw_ms : 100;
+    d->view.read_only = opts->read_only;
 
     /* Line drawing only where the locale says UTF-8; numbers stay "C". */
     setlocale(LC_ALL, "");

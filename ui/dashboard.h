@@ -37,9 +37,11 @@ struct ui_dash_options {
     int cols, lines;    /* force a size (a fake terminal); 0 = ask the terminal */
     unsigned redraw_ms; /* 0 = 100 */
     bool no_signals;    /* do not watch SIGWINCH (several dashboards in one process) */
+    bool read_only;     /* `station watch`: no pause key; q quits the watcher at once */
 };
 
-/* Called on the loop thread with UI_ACTION_PAUSE_TOGGLE or UI_ACTION_QUIT. */
+/* Called on the loop thread with UI_ACTION_PAUSE_TOGGLE or UI_ACTION_QUIT
+ * (only UI_ACTION_QUIT when read_only). */
 typedef void (*ui_dash_action_cb)(enum ui_action action, void *user_data);
 
 /* Take over the terminal and start drawing `model` (which must outlive the

@@ -447,6 +447,8 @@ static void header(const struct dc *c)
     if (m->db_error)
         x += put(c, 0, x, cols - x, c->sc->color ? pair(c, P_RED) | A_BOLD : A_BOLD | A_UNDERLINE,
                  " DB ERROR ");
+    if (c->v->read_only)
+        x += put(c, 0, x, cols - x, hdr, " (watching, read-only)");
     snprintf(buf, sizeof(buf), "%sup %s ", bar_sep, up);
     put(c, 0, x, cols - x, hdr, buf);
 
@@ -667,14 +669,17 @@ static void detail(const struct dc *c)
 static void help(const struct dc *c)
 {
     bool u = c->sc->utf8;
+    bool ro = c->v->read_only;
     const char *text[] = {
         "Keys",
         u ? "\u2190\u2191\u2193\u2192 or h j k l   move the selection"
           : "arrows or h j k l   move the selection",
         "PgUp PgDn Home End  scroll",
         "Enter               open the slot's detail (Esc or Enter closes)",
-        "p                   pause / resume intake (new devices wait)",
-        "q                   quit (asks while sessions run; they are recorded ABORTED)",
+        ro ? "p                   (only at the station: this view is read-only)"
+           : "p                   pause / resume intake (new devices wait)",
+        ro ? "q                   stop watching (the station carries on)"
+           : "q                   quit (asks while sessions run; they are recorded ABORTED)",
         "?                   this help",
         "",
         "States",
@@ -712,9 +717,14 @@ void ui__draw(const struct ui_model *m, struct ui_view *v, const struct ui__scre
     attr_t keys_attr = A_REVERSE;
     if (v->screen == UI_SCREEN_DETAIL && m->n_slots) {
         detail(&c);
-        snprintf(keys, sizeof(keys), " Esc/Enter close  %s scroll  %s slot  p %s  q quit  ? help",
-                 u ? "\u2191\u2193" : "j/k", u ? "\u2190\u2192" : "h/l",
-                 m->paused ? "resume" : "pause");
+        if (v->read_only)
+            snprintf(keys, sizeof(keys), " Esc/Enter close  %s scroll  %s slot  q quit  ? help",
+                     u ? "\u2191\u2193" : "j/k", u ? "\u2190\u2192" : "h/l");
+        else
+            snprintf(keys, sizeof(keys),
+                     " Esc/Enter close  %s scroll  %s slot  p %s  q quit  ? help",
+                     u ? "\u2191\u2193" : "j/k", u ? "\u2190\u2192" : "h/l",
+                     m->paused ? "resume" : "pause");
     } else {
         grid(&c);
         unsigned first = v->top_row * (unsigned)(l->per_row > 0 ? l->per_row : 1);
@@ -724,9 +734,13 @@ void ui__draw(const struct ui_model *m, struct ui_view *v, const struct ui__scre
         char range[64] = "";
         if (first > 0 || last < m->n_slots)
             snprintf(range, sizeof(range), "  slots %u-%u of %u", first + 1, last, m->n_slots);
-        snprintf(keys, sizeof(keys), " %s select  Enter detail  p %s  q quit  ? help%s",
-                 u ? "\u2190\u2191\u2193\u2192/hjkl" : "arrows/hjkl",
-                 m->paused ? "resume" : "pause", range);
+        if (v->read_only)
+            snprintf(keys, sizeof(keys), " %s select  Enter detail  q quit watching  ? help%s",
+                     u ? "\u2190\u2191\u2193\u2192/hjkl" : "arrows/hjkl", range);
+        else
+            snprintf(keys, sizeof(keys), " %s select  Enter detail  p %s  q quit  ? help%s",
+                     u ? "\u2190\u2191\u2193\u2192/hjkl" : "arrows/hjkl",
+                     m->paused ? "resume" : "pause", range);
     }
     if (v->screen == UI_SCREEN_HELP) {
         help(&c);

@@ -191,10 +191,11 @@ enum ui_action ui_view_key(struct ui_view *v, const struct ui_model *m, int key)
     switch (key) {
     case 'q':
     case 'Q':
-        return ask_quit(v, m);
+        /* a watcher's quit ends only the watcher: nothing to confirm */
+        return v->read_only ? UI_ACTION_QUIT : ask_quit(v, m);
     case 'p':
     case 'P':
-        return UI_ACTION_PAUSE_TOGGLE;
+        return v->read_only ? UI_ACTION_NONE : UI_ACTION_PAUSE_TOGGLE;
     case '?':
         v->screen = UI_SCREEN_HELP;
         return UI_ACTION_REDRAW;

@@ -74,6 +74,7 @@ struct ui_view {
     unsigned sel;        /* selected slot index */
     unsigned top_row;    /* first row of cells shown */
     int detail_top;      /* first line of the detail screen shown */
+    bool read_only;      /* `station watch`: q quits at once, p does nothing */
 };
 
 /* Compute the layout for a cols x lines terminal and n slots, and keep the

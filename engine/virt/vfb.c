@@ -483,14 +483,16 @@ int eng_vfb_apply_sparse(struct eng_vfb_part *part, const uint8_t *buf, uint64_t
         return ST_EPROTO;
     }
     uint8_t *data = part->data;
-    if (keep && part->size != size) {
+    /* A new or erased partition has no bytes yet, whatever its size says. */
+    uint64_t have = part->data ? part->size : 0;
+    if (keep && (have != size || !part->data)) {
         uint8_t *n = realloc(part->data, size ? size : 1);
         if (!n) {
             snprintf(err, errlen, "out of memory");
             return ST_EPROTO;
         }
-        if (size > part->size)
-            memset(n + part->size, 0, size - part->size);
+        if (size > have)
+            memset(n + have, 0, size - have);
         data = part->data = n;
     }
     uint64_t off = hdr, blk = 0;
