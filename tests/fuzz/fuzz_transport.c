@@ -30,9 +30,9 @@ struct ft {
     void *close_user_data;
 };
 
-static const int complete_errors[8] = {ST_ENODEV,   ST_EPIPE, ST_EIO,    ST_ETIMEDOUT,
+static const int complete_errors[8] = {ST_ENODEV,    ST_EPIPE,  ST_EIO,    ST_ETIMEDOUT,
                                        ST_EOVERFLOW, ST_EPROTO, ST_ENOMEM, ST_ENODEV};
-static const int submit_errors[8] = {ST_ENODEV, ST_EIO,    ST_EBUSY,  ST_ENOMEM,
+static const int submit_errors[8] = {ST_ENODEV, ST_EIO,    ST_EBUSY,   ST_ENOMEM,
                                      ST_EPIPE,  ST_EINVAL, ST_ECLOSED, ST_ENODEV};
 
 static void maybe_closed(struct ft *t);

@@ -26,7 +26,8 @@ static const char pubkey_file[] = "untrusted comment: minisign public key 755F26
 static const char image[] = "station fuzz image\n";
 static const char good_sig[] =
     "untrusted comment: signature from minisign secret key\n"
-    "RUT0iCEd0iZfdRXp9SO/f6QTBv9rNgjYUqmUrtluEURcrw/pts04k24bzccEM6qG0U5UyvKUqXBcSmew01vbKWmsdCoYp65TkQw=\n"
+    "RUT0iCEd0iZfdRXp9SO/f6QTBv9rNgjYUqmUrtluEURcrw/"
+    "pts04k24bzccEM6qG0U5UyvKUqXBcSmew01vbKWmsdCoYp65TkQw=\n"
     "trusted comment: fuzz seed\n"
     "C95mcJOvsuew7waP4ztLkgKWXOYjEi/XcKX43q9luu+JxPvYcKhQdgO8SdujYCnqkWCFvIRXLYNb8Ni5qA+qBw==\n";
 

@@ -72,8 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = eng_dfu_parse_config(desc, len, &t.dfu, strings);
     free(desc);
     fuzz_debug("parse_config: %d, mode %u, %u alts, attributes 0x%02x, wTransferSize %u, "
-               "bcdDFU 0x%04x", rc, t.dfu.mode, t.dfu.n_alts, t.dfu.attributes,
-               t.dfu.transfer_size, t.dfu.bcd_dfu);
+               "bcdDFU 0x%04x",
+               rc, t.dfu.mode, t.dfu.n_alts, t.dfu.attributes, t.dfu.transfer_size, t.dfu.bcd_dfu);
     if (rc != 0)
         return 0;
     fail_if(t.dfu.n_alts > ENG_DFU_MAX_ALTS);
