@@ -87,8 +87,8 @@ static void count_sessions(const char *db, int *passed, int *recorded)
     *passed = *recorded = 0;
     if (sqlite3_open_v2(db, &c, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
         return;
-    if (sqlite3_prepare_v2(c, "SELECT SUM(result='PASS'), COUNT(*) FROM sessions", -1, &st,
-                           NULL) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(c, "SELECT SUM(result='PASS'), COUNT(*) FROM sessions", -1, &st, NULL) ==
+            SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
         *passed = sqlite3_column_int(st, 0);
         *recorded = sqlite3_column_int(st, 1);
@@ -109,8 +109,7 @@ static void read_stats(const char *path, struct run *r)
         if (sscanf(line,
                    "loop samples=%ld p50_us=%ld p99_us=%ld max_us=%ld over_2ms=%ld "
                    "over_20ms=%ld busy_pct=%lf iter_max_us=%ld",
-                   &r->samples, &p50, &p99, &mx, &r->over_2ms, &r->over_20ms, &busy,
-                   &iter) == 8) {
+                   &r->samples, &p50, &p99, &mx, &r->over_2ms, &r->over_20ms, &busy, &iter) == 8) {
             r->p50_ms = p50 / 1e3;
             r->p99_ms = p99 / 1e3;
             r->max_ms = mx / 1e3;
@@ -128,8 +127,9 @@ static pid_t start_sim(const char *station, const char *dir, unsigned devices, d
 {
     for (int tries = 0; tries < 10; tries++) {
         char tcp[64], count[16], pc[32], out[512];
-        *port = 24000 + (unsigned)((getpid() * 131u + (unsigned)time(NULL) * 7u + tries * 977u) %
-                                   1500) * 16;
+        *port =
+            24000 +
+            (unsigned)((getpid() * 131u + (unsigned)time(NULL) * 7u + tries * 977u) % 1500) * 16;
         snprintf(tcp, sizeof(tcp), "127.0.0.1:%u", *port);
         snprintf(count, sizeof(count), "%u", devices);
         snprintf(pc, sizeof(pc), "%g", pace);

@@ -82,8 +82,9 @@ static void rates_from_db(const char *path, double pace, struct result *r)
     }
     sqlite3_finalize(st);
     st = NULL;
-    if (sqlite3_prepare_v2(c, "SELECT SUM(bytes) / (MAX(ended_ms) - MIN(started_ms)) / 1e3 "
-                              "FROM sessions",
+    if (sqlite3_prepare_v2(c,
+                           "SELECT SUM(bytes) / (MAX(ended_ms) - MIN(started_ms)) / 1e3 "
+                           "FROM sessions",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW)
         r->aggregate_mbps = sqlite3_column_double(st, 0);

@@ -81,12 +81,14 @@ static void build(const char *path, long n, bool with_steps)
     db_close(db);
 
     check(sqlite3_open(path, &c), c, "open");
-    check(sqlite3_exec(c, "PRAGMA synchronous=OFF; PRAGMA cache_size=-1000000;"
-                          " PRAGMA foreign_keys=OFF; BEGIN",
+    check(sqlite3_exec(c,
+                       "PRAGMA synchronous=OFF; PRAGMA cache_size=-1000000;"
+                       " PRAGMA foreign_keys=OFF; BEGIN",
                        NULL, NULL, NULL),
           c, "pragmas");
-    check(sqlite3_exec(c, "INSERT INTO images VALUES('b0075ha256', 'boot', '/img/boot.img', 8388608),"
-                          " ('5157e4a256', 'system', '/img/system.img', 1073741824)",
+    check(sqlite3_exec(c,
+                       "INSERT INTO images VALUES('b0075ha256', 'boot', '/img/boot.img', 8388608),"
+                       " ('5157e4a256', 'system', '/img/system.img', 1073741824)",
                        NULL, NULL, NULL),
           c, "images");
     check(sqlite3_prepare_v2(c,
@@ -98,8 +100,8 @@ static void build(const char *path, long n, bool with_steps)
           c, "prepare sessions");
     check(sqlite3_prepare_v2(c, "INSERT INTO session_images VALUES(?,?,?)", -1, &ins_i, NULL), c,
           "prepare session_images");
-    check(sqlite3_prepare_v2(c, "INSERT INTO steps VALUES(?,?,?,?,?,?,?,?,?)", -1, &ins_t, NULL),
-          c, "prepare steps");
+    check(sqlite3_prepare_v2(c, "INSERT INTO steps VALUES(?,?,?,?,?,?,?,?,?)", -1, &ins_t, NULL), c,
+          "prepare steps");
 
     /* start times in order over 90 days: mean gap 90 d / n */
     int64_t t = END_MS - DAYS * DAY_MS;
@@ -161,8 +163,11 @@ static void build(const char *path, long n, bool with_steps)
             sqlite3_bind_int64(ins_t, 4, t + dur * k / 5);
             sqlite3_bind_int64(ins_t, 5, t + dur * (k + 1) / 5);
             sqlite3_bind_text(ins_t, 6, last_bad ? "FAIL" : "PASS", -1, SQLITE_STATIC);
-            sqlite3_bind_text(ins_t, 7, k == 1 ? serial : last_bad ? "write error" : "OKAY", -1,
-                              SQLITE_TRANSIENT);
+            sqlite3_bind_text(ins_t, 7,
+                              k == 1     ? serial
+                              : last_bad ? "write error"
+                                         : "OKAY",
+                              -1, SQLITE_TRANSIENT);
             sqlite3_bind_int64(ins_t, 8, k == 2 ? 8388608 : k == 3 ? 1073741824 : 0);
             sqlite3_bind_null(ins_t, 9);
             check(sqlite3_step(ins_t), c, "insert steps");
@@ -334,8 +339,8 @@ int main(int argc, char **argv)
 
     printf("\n%ld sessions%s, SQLite %s, reader open %.2f ms\n\n", n,
            with_steps ? " with steps" : "", sqlite3_libversion(), open_ms);
-    printf("| %-38s | %4s | %9s | %9s | %9s | %-8s |\n", "query (db/report.c)", "runs",
-           "median ms", "max ms", "rows/run", "target");
+    printf("| %-38s | %4s | %9s | %9s | %9s | %-8s |\n", "query (db/report.c)", "runs", "median ms",
+           "max ms", "rows/run", "target");
     printf("|%s|------|-----------|-----------|-----------|----------|\n",
            "----------------------------------------");
     for (int i = 0; i < 5; i++)

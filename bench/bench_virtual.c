@@ -221,9 +221,8 @@ static void print_row(unsigned devices, unsigned mib, const struct result *r, do
     printf("| %7u | %4u | %4d/%-4u | %6.2f | %6.2f | %7.2f | %5.2f | %6.2f | %7.3f | %7.1f | "
            "%8.1f | %9.0f | %9s |\n",
            devices, mib, r->passed, devices, r->wall, r->window,
-           r->window > 0 ? gb / r->window : 0.0, r->cpu, r->load_cpu,
-           gb > 0 ? flash_cpu / gb : 0.0, r->rss_kb / 1024.0, r->anon_kb / 1024.0,
-           r->anon_kb / devices, marginal);
+           r->window > 0 ? gb / r->window : 0.0, r->cpu, r->load_cpu, gb > 0 ? flash_cpu / gb : 0.0,
+           r->rss_kb / 1024.0, r->anon_kb / 1024.0, r->anon_kb / devices, marginal);
     fflush(stdout);
 }
 

@@ -42,7 +42,7 @@
 #define CFG_ERROR_MAX 1024
 
 enum cfg_serial_policy {
-    CFG_SERIAL_SKIP,    /* default: a serial that passed this recipe version is not flashed */
+    CFG_SERIAL_SKIP, /* default: a serial that passed this recipe version is not flashed */
     CFG_SERIAL_REFLASH,
     CFG_SERIAL_FAIL,
 };
@@ -70,7 +70,7 @@ struct cfg_slot {
     char name[CFG_NAME_MAX];
     unsigned n_paths;
     char paths[CFG_MAX_SLOT_PATHS][64];
-    unsigned line;                 /* of the [slot] header, for messages */
+    unsigned line; /* of the [slot] header, for messages */
 };
 
 struct cfg_profile {
@@ -81,14 +81,14 @@ struct cfg_profile {
     char recipe_path[CFG_PATH_MAX]; /* resolved against the ini's folder */
     struct cfg_recipe *recipe;      /* loaded from recipe_path */
     enum cfg_serial_policy serial_policy;
-    unsigned retries;               /* transport-error retries per step */
-    unsigned timeout_ms;            /* per command; 0 = engine default */
-    uint64_t min_rate_bps;          /* 0 = engine default */
+    unsigned retries;      /* transport-error retries per step */
+    unsigned timeout_ms;   /* per command; 0 = engine default */
+    uint64_t min_rate_bps; /* 0 = engine default */
     unsigned line;
 };
 
 struct cfg_simulate {
-    bool present;                   /* a [simulate] section exists */
+    bool present; /* a [simulate] section exists */
     unsigned count;
     double pace_mbps;
     unsigned plug_interval_ms;
@@ -98,15 +98,15 @@ struct cfg_simulate {
     double fault_rate;
     uint32_t seed;
     uint64_t max_download;
-    char profile[CFG_NAME_MAX];     /* which profile the virtual devices use */
+    char profile[CFG_NAME_MAX]; /* which profile the virtual devices use */
 };
 
 struct cfg_config {
     char path[CFG_PATH_MAX];
     char id[CFG_NAME_MAX];
     char db[CFG_PATH_MAX];
-    unsigned max_sessions;          /* 0 = no limit */
-    char ui[16];                    /* "auto", "dashboard" or "headless" */
+    unsigned max_sessions; /* 0 = no limit */
+    char ui[16];           /* "auto", "dashboard" or "headless" */
     char minisign_key[CFG_PATH_MAX];
     bool require_signatures;
     unsigned n_slots;

@@ -34,31 +34,31 @@ enum cfg_step_kind {
 };
 
 struct cfg_image {
-    char name[CFG_NAME_MAX];  /* referenced by steps */
-    unsigned line;            /* in the recipe file, for messages */
-    char path[CFG_PATH_MAX];  /* file path; empty for a generated demo image */
-    uint64_t demo_size;       /* generated demo image: bytes (path empty) */
-    uint32_t demo_seed;       /* generated demo image: content seed */
-    char sha256[65];          /* pinned lowercase hex, or empty */
+    char name[CFG_NAME_MAX]; /* referenced by steps */
+    unsigned line;           /* in the recipe file, for messages */
+    char path[CFG_PATH_MAX]; /* file path; empty for a generated demo image */
+    uint64_t demo_size;      /* generated demo image: bytes (path empty) */
+    uint32_t demo_seed;      /* generated demo image: content seed */
+    char sha256[65];         /* pinned lowercase hex, or empty */
 };
 
 struct cfg_step {
     enum cfg_step_kind kind;
-    char arg[CFG_ARG_MAX];    /* variable, partition, oem text or slot */
-    int image;                /* index into cfg_recipe.images, or -1 */
+    char arg[CFG_ARG_MAX]; /* variable, partition, oem text or slot */
+    int image;             /* index into cfg_recipe.images, or -1 */
     /* getvar with requirements: the value must equal one of these. */
     unsigned n_alternatives;
     char alternatives[CFG_MAX_ALTERNATIVES][CFG_NAME_MAX];
-    unsigned timeout_ms;      /* 0: the engine's default for this step */
-    unsigned retries;         /* transport-error retries (not for FAIL) */
-    unsigned line;            /* in the recipe file, for messages; 0 = built in */
+    unsigned timeout_ms; /* 0: the engine's default for this step */
+    unsigned retries;    /* transport-error retries (not for FAIL) */
+    unsigned line;       /* in the recipe file, for messages; 0 = built in */
 };
 
 struct cfg_recipe {
     char name[CFG_NAME_MAX];
     char version[CFG_NAME_MAX];
-    char path[CFG_PATH_MAX];  /* the recipe file; empty for the built-in demo */
-    bool allow_raw_dfu;       /* DFU: a .bin without a DFU suffix is allowed */
+    char path[CFG_PATH_MAX]; /* the recipe file; empty for the built-in demo */
+    bool allow_raw_dfu;      /* DFU: a .bin without a DFU suffix is allowed */
     unsigned n_images;
     struct cfg_image images[CFG_MAX_IMAGES];
     unsigned n_steps;

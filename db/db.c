@@ -240,10 +240,9 @@ out:
  * last when the station stopped. */
 static int recover(struct db *db)
 {
-    static const char sql[] =
-        "UPDATE sessions SET result = 'ABORTED', ended_ms = ?1,"
-        " reason = 'station stopped during ' || COALESCE(last_step, 'start')"
-        " WHERE ended_ms IS NULL";
+    static const char sql[] = "UPDATE sessions SET result = 'ABORTED', ended_ms = ?1,"
+                              " reason = 'station stopped during ' || COALESCE(last_step, 'start')"
+                              " WHERE ended_ms IS NULL";
     sqlite3_stmt *st = NULL;
     int rc;
 

@@ -38,38 +38,38 @@ struct db_image_ref {
 };
 
 struct db_session_begin {
-    int64_t id;            /* from db_next_session_id() */
-    const char *station;   /* station id */
+    int64_t id;          /* from db_next_session_id() */
+    const char *station; /* station id */
     const char *slot;
-    const char *port;      /* port path or transport address */
-    const char *usb_serial;/* serial from the transport (iSerial), may be NULL */
+    const char *port;       /* port path or transport address */
+    const char *usb_serial; /* serial from the transport (iSerial), may be NULL */
     const char *recipe;
     const char *recipe_version;
-    int64_t started_ms;    /* unix time, milliseconds */
+    int64_t started_ms; /* unix time, milliseconds */
     unsigned n_images;
     const struct db_image_ref *images;
 };
 
 struct db_step {
     int64_t session_id;
-    unsigned seq;          /* 0-based step index in the recipe */
-    const char *name;      /* "flash:system" */
+    unsigned seq;     /* 0-based step index in the recipe */
+    const char *name; /* "flash:system" */
     int64_t started_ms, ended_ms;
-    const char *result;    /* "PASS", "FAIL" or "ABORTED" */
-    const char *detail;    /* reply text or failure reason, may be NULL */
+    const char *result; /* "PASS", "FAIL" or "ABORTED" */
+    const char *detail; /* reply text or failure reason, may be NULL */
     uint64_t bytes;
-    const char *info;      /* INFO lines joined by '\n', may be NULL */
+    const char *info; /* INFO lines joined by '\n', may be NULL */
 };
 
 struct db_session_end {
     int64_t id;
-    const char *serial;    /* getvar serialno (or the best identity), may be NULL */
-    const char *product;   /* may be NULL */
+    const char *serial;  /* getvar serialno (or the best identity), may be NULL */
+    const char *product; /* may be NULL */
     int64_t ended_ms;
-    const char *result;    /* "PASS", "FAIL", "ABORTED" or "SKIPPED" (serial policy:
-                            * nothing was written to the device) */
+    const char *result;      /* "PASS", "FAIL", "ABORTED" or "SKIPPED" (serial policy:
+                              * nothing was written to the device) */
     const char *failed_step; /* may be NULL */
-    const char *reason;    /* may be NULL */
+    const char *reason;      /* may be NULL */
     uint64_t bytes;
 };
 

@@ -47,8 +47,8 @@ struct db__find {
 struct db__req {
     struct db__req *next;
     enum db__req_kind kind;
-    int status;         /* END and FIND on the done list: 0 or ST_EDB */
-    db_commit_cb cb;    /* DB__REQ_END only */
+    int status;      /* END and FIND on the done list: 0 or ST_EDB */
+    db_commit_cb cb; /* DB__REQ_END only */
     void *cb_data;
     union {
         struct db_session_begin begin;

@@ -34,8 +34,8 @@ struct db_reader {
 
 /* ISO 8601 UTC with milliseconds from a Unix-ms column; integer maths so
  * no value is rounded through a double. */
-#define ISO(x)                                                                                 \
-    "CASE WHEN " x " IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%S', " x                   \
+#define ISO(x)                                                                                     \
+    "CASE WHEN " x " IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%S', " x                      \
     " / 1000, 'unixepoch') || printf('.%03dZ', " x " % 1000) END"
 
 /* ---- opening ------------------------------------------------------------ */
@@ -411,22 +411,28 @@ int db_report(struct db_reader *r, const struct db_filter *f, enum db_shape shap
         if (r->n > 1)
             sqlite3_str_appendall(sql, "'db', db, ");
         sqlite3_str_appendall(
-            sql, "'id', id, 'station', station, 'slot', slot, 'port', port, 'serial', serial,"
-                 " 'usb_serial', usb_serial, 'product', product, 'recipe', recipe,"
-                 " 'version', recipe_version, 'started', " ISO("started_ms") ","
-                 " 'ended', " ISO("ended_ms") ", 'duration_s', (ended_ms - started_ms) / 1000.0,"
-                 " 'result', result, 'failed_step', failed_step, 'reason', reason,"
-                 " 'bytes', bytes) AS json");
+            sql,
+            "'id', id, 'station', station, 'slot', slot, 'port', port, 'serial', serial,"
+            " 'usb_serial', usb_serial, 'product', product, 'recipe', recipe,"
+            " 'version', recipe_version, 'started', " ISO(
+                "started_ms") ","
+                              " 'ended', " ISO(
+                                  "ended_ms") ", 'duration_s', (ended_ms - started_ms) / 1000.0,"
+                                              " 'result', result, 'failed_step', failed_step, "
+                                              "'reason', reason,"
+                                              " 'bytes', bytes) AS json");
     } else {
         sqlite3_str_appendall(sql, "SELECT ");
         if (r->n > 1)
             sqlite3_str_appendall(sql, "db, ");
         sqlite3_str_appendall(
-            sql, "id, station, slot, port, serial, usb_serial, product, recipe,"
-                 " recipe_version AS version, " ISO("started_ms") " AS started, " ISO(
-                     "ended_ms") " AS ended,"
-                 " " SECS("ended_ms - started_ms") " AS duration_s,"
-                 " result, failed_step, reason, bytes");
+            sql,
+            "id, station, slot, port, serial, usb_serial, product, recipe,"
+            " recipe_version AS version, " ISO("started_ms") " AS started, " ISO(
+                "ended_ms") " AS ended,"
+                            " " SECS(
+                                "ended_ms - started_ms") " AS duration_s,"
+                                                         " result, failed_step, reason, bytes");
     }
     sqlite3_str_appendall(sql, " FROM (");
     append_union(sql, r, report_branch, where);
@@ -445,13 +451,12 @@ static const struct {
     [DB_BY_RECIPE] = {"recipe", "COALESCE(s.recipe, '') || ' ' || COALESCE(s.recipe_version, '')",
                       "g.k"},
     [DB_BY_DAY] = {"day", "strftime('%Y-%m-%d', s.started_ms / 1000, 'unixepoch')", "g.k"},
-    [DB_BY_HOUR] = {"hour", "strftime('%Y-%m-%dT%H:00Z', s.started_ms / 1000, 'unixepoch')",
-                    "g.k"},
+    [DB_BY_HOUR] = {"hour", "strftime('%Y-%m-%dT%H:00Z', s.started_ms / 1000, 'unixepoch')", "g.k"},
     [DB_BY_ERROR] = {"error", "COALESCE(s.reason, '(no reason)')", "g.n DESC, g.k"},
 };
 
-int db_stats(struct db_reader *r, enum db_group by, const struct db_filter *f,
-             enum db_shape shape, const struct db_sink *sink, char *errbuf, size_t errlen)
+int db_stats(struct db_reader *r, enum db_group by, const struct db_filter *f, enum db_shape shape,
+             const struct db_sink *sink, char *errbuf, size_t errlen)
 {
     static const struct db_filter none;
     sqlite3_str *sql, *branch;
@@ -538,17 +543,24 @@ static const char history_json_branch[] =
     " 'session', s.id, 'station', s.station, 'slot', s.slot, 'port', s.port,"
     " 'serial', s.serial, 'usb_serial', s.usb_serial, 'product', s.product,"
     " 'recipe', s.recipe, 'version', s.recipe_version,"
-    " 'started', " ISO("s.started_ms") ", 'ended', " ISO("s.ended_ms") ","
-    " 'duration_s', (s.ended_ms - s.started_ms) / 1000.0, 'result', s.result,"
-    " 'failed_step', s.failed_step, 'reason', s.reason, 'bytes', s.bytes,"
-    " 'images', CASE WHEN s.result IS NOT 'SKIPPED' THEN json((SELECT"
-    " json_group_array(json_object('name', name, 'sha256', sha256)) FROM (SELECT name, sha256"
-    " FROM @S.session_images WHERE session_id = s.id ORDER BY name))) ELSE json('[]') END,"
-    " 'steps', json((SELECT json_group_array(json_object('step', seq, 'name', name,"
-    " 'result', result, 'started', " ISO("started_ms") ", 'ended', " ISO("ended_ms") ","
-    " 'duration_s', (ended_ms - started_ms) / 1000.0, 'bytes', bytes, 'detail', detail,"
-    " 'info', info)) FROM (SELECT * FROM @S.steps WHERE session_id = s.id ORDER BY seq))))"
-    " AS json FROM @S.sessions AS s WHERE 1";
+    " 'started', " ISO("s.started_ms") ", 'ended', " ISO(
+        "s.ended_ms") ","
+                      " 'duration_s', (s.ended_ms - s.started_ms) / 1000.0, 'result', s.result,"
+                      " 'failed_step', s.failed_step, 'reason', s.reason, 'bytes', s.bytes,"
+                      " 'images', CASE WHEN s.result IS NOT 'SKIPPED' THEN json((SELECT"
+                      " json_group_array(json_object('name', name, 'sha256', sha256)) FROM (SELECT "
+                      "name, sha256"
+                      " FROM @S.session_images WHERE session_id = s.id ORDER BY name))) ELSE "
+                      "json('[]') END,"
+                      " 'steps', json((SELECT json_group_array(json_object('step', seq, 'name', "
+                      "name,"
+                      " 'result', result, 'started', " ISO("started_ms") ", 'ended', " ISO(
+                          "ended_ms") ","
+                                      " 'duration_s', (ended_ms - started_ms) / 1000.0, 'bytes', "
+                                      "bytes, 'detail', detail,"
+                                      " 'info', info)) FROM (SELECT * FROM @S.steps WHERE "
+                                      "session_id = s.id ORDER BY seq))))"
+                                      " AS json FROM @S.sessions AS s WHERE 1";
 
 int db_history(struct db_reader *r, const char *serial, enum db_shape shape,
                const struct db_sink *sink, char *errbuf, size_t errlen)
@@ -580,12 +592,14 @@ int db_history(struct db_reader *r, const char *serial, enum db_shape shape,
         if (r->n > 1)
             sqlite3_str_appendall(sql, "db, ");
         sqlite3_str_appendall(
-            sql, "sid AS session, station, slot, port, serial, usb_serial, product, recipe,"
-                 " recipe_version AS version, " ISO("started_ms") " AS started, " ISO(
-                     "ended_ms") " AS ended, result, failed_step, reason, images,"
-                 " seq AS step, step_name, step_result,"
-                 " " SECS("t_ended - t_started") " AS step_duration_s,"
-                 " step_bytes, detail AS step_detail, info AS step_info FROM (");
+            sql,
+            "sid AS session, station, slot, port, serial, usb_serial, product, recipe,"
+            " recipe_version AS version, " ISO("started_ms") " AS started, " ISO(
+                "ended_ms") " AS ended, result, failed_step, reason, images,"
+                            " seq AS step, step_name, step_result,"
+                            " " SECS("t_ended - t_started") " AS step_duration_s,"
+                                                            " step_bytes, detail AS step_detail, "
+                                                            "info AS step_info FROM (");
         append_union(sql, r, history_rows_branch, where);
         sqlite3_str_appendall(sql, ") ORDER BY started_ms, db, sid, seq");
     }

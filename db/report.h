@@ -91,8 +91,8 @@ int db_report(struct db_reader *r, const struct db_filter *f, enum db_shape shap
  * error, only FAIL and ABORTED sessions count, grouped by reason, most
  * frequent first. Returns as db_report().
  */
-int db_stats(struct db_reader *r, enum db_group by, const struct db_filter *f,
-             enum db_shape shape, const struct db_sink *sink, char *errbuf, size_t errlen);
+int db_stats(struct db_reader *r, enum db_group by, const struct db_filter *f, enum db_shape shape,
+             const struct db_sink *sink, char *errbuf, size_t errlen);
 
 /*
  * Every session of `serial` (getvar serial or USB iSerial), oldest first,

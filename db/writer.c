@@ -33,9 +33,8 @@ static const struct {
     [DB__ST_INS_SESSION] = {"INSERT sessions",
                             "INSERT INTO sessions(id, station, slot, port, usb_serial, recipe,"
                             " recipe_version, started_ms) VALUES(?,?,?,?,?,?,?,?)"},
-    [DB__ST_INS_IMAGE] = {"INSERT images",
-                          "INSERT OR IGNORE INTO images(sha256, name, path, size)"
-                          " VALUES(?,?,?,?)"},
+    [DB__ST_INS_IMAGE] = {"INSERT images", "INSERT OR IGNORE INTO images(sha256, name, path, size)"
+                                           " VALUES(?,?,?,?)"},
     [DB__ST_INS_SESSION_IMAGE] = {"INSERT session_images",
                                   "INSERT INTO session_images(session_id, name, sha256)"
                                   " VALUES(?,?,?)"},
@@ -118,8 +117,7 @@ static const char *ioerr_op(int ext)
  * call, SQLite's message, and what the OS said. SQLite does not keep the
  * errno of a failed WAL write (sqlite3_system_errno() is 0 then), so the
  * caller passes errno as it was right after the failing step. */
-static void fail_message(struct db *db, enum db__stmt which, int saved_errno, char *msg,
-                         size_t len)
+static void fail_message(struct db *db, enum db__stmt which, int saved_errno, char *msg, size_t len)
 {
     int ext = sqlite3_extended_errcode(db->conn);
     int rc = ext & 0xff;
@@ -133,8 +131,8 @@ static void fail_message(struct db *db, enum db__stmt which, int saved_errno, ch
         snprintf(msg, len, "DB ERROR: %s: %s (%s%s%s)", stmt_defs[which].what,
                  sqlite3_errmsg(db->conn), op ? op : "", op ? ": " : "", strerror(sys));
     else if (op)
-        snprintf(msg, len, "DB ERROR: %s: %s (%s)", stmt_defs[which].what,
-                 sqlite3_errmsg(db->conn), op);
+        snprintf(msg, len, "DB ERROR: %s: %s (%s)", stmt_defs[which].what, sqlite3_errmsg(db->conn),
+                 op);
     else
         snprintf(msg, len, "DB ERROR: %s: %s", stmt_defs[which].what, sqlite3_errmsg(db->conn));
 }
@@ -142,8 +140,8 @@ static void fail_message(struct db *db, enum db__stmt which, int saved_errno, ch
 /* Step the statement to completion; on failure write the message naming
  * the call into msg. The statement is reset either way. A row, if the
  * statement returns one, is handed to `row` before the reset. */
-static int run_rows(struct bind *b, char *msg, size_t len,
-                    void (*row)(sqlite3_stmt *st, void *arg), void *arg)
+static int run_rows(struct bind *b, char *msg, size_t len, void (*row)(sqlite3_stmt *st, void *arg),
+                    void *arg)
 {
     sqlite3_stmt *st = b->db->stmts[b->which];
     int rc = b->rc, saved_errno = 0;
@@ -662,8 +660,8 @@ int db_session_begin(struct db *db, const struct db_session_begin *s)
     if (!s || !s->slot || !valid_id(db, s->id) || (s->n_images && !s->images))
         return ST_EINVAL;
     size = sizeof *r + (size_t)s->n_images * sizeof *imgs;
-    size += str_size(s->station) + str_size(s->slot) + str_size(s->port) +
-            str_size(s->usb_serial) + str_size(s->recipe) + str_size(s->recipe_version);
+    size += str_size(s->station) + str_size(s->slot) + str_size(s->port) + str_size(s->usb_serial) +
+            str_size(s->recipe) + str_size(s->recipe_version);
     for (unsigned i = 0; i < s->n_images; i++) {
         const struct db_image_ref *img = &s->images[i];
 

@@ -64,15 +64,15 @@ struct eng_image_info {
 
 struct eng_event {
     enum eng_event_type type;
-    int64_t t_ms;            /* unix time of the event, milliseconds */
-    int64_t session_id;      /* 0 when not about a session */
+    int64_t t_ms;       /* unix time of the event, milliseconds */
+    int64_t session_id; /* 0 when not about a session */
     const char *slot;
     const char *port;
-    const char *usb_serial;  /* "" when unknown */
-    const char *serial;      /* best identity so far ("" when unknown) */
-    const char *product;     /* "" when unknown */
+    const char *usb_serial; /* "" when unknown */
+    const char *serial;     /* best identity so far ("" when unknown) */
+    const char *product;    /* "" when unknown */
     /* steps */
-    const char *step;        /* "flash:system" */
+    const char *step; /* "flash:system" */
     unsigned step_index, step_count;
     int64_t step_started_ms;
     uint64_t bytes_done, bytes_total;
@@ -108,7 +108,7 @@ struct eng_options {
      * stopping) ends ABORTED without a verdict; a later verdict for it is
      * ignored.
      */
-    unsigned max_sessions;      /* at most this many at once; 0 = no limit */
+    unsigned max_sessions; /* at most this many at once; 0 = no limit */
     /*
      * Slot naming, or NULL: returns the configured slot name for a port
      * path (the USB2 and USB3 paths of one socket may share one), or NULL
@@ -146,9 +146,8 @@ struct eng_profile_options {
  * *index (may be NULL) receives the profile's index.
  */
 int eng_engine_add_profile(struct eng_engine *eng, const char *name,
-                           const struct cfg_recipe *recipe,
-                           const struct eng_profile_options *opts, eng_load_cb cb,
-                           void *user_data, unsigned *index);
+                           const struct cfg_recipe *recipe, const struct eng_profile_options *opts,
+                           eng_load_cb cb, void *user_data, unsigned *index);
 
 /*
  * Configuration reload: forget profiles [first, first + count). The

@@ -21,7 +21,7 @@ struct eng_plan_entry {
     unsigned image;
     uint64_t limit;
     bool done;
-    int status;                   /* when done: 0 or a negative code */
+    int status; /* when done: 0 or a negative code */
     char message[200];
     struct eng_sparse_plan *plan; /* when done and status == 0 */
     uv_work_t work;
@@ -31,11 +31,11 @@ struct eng_plan_entry {
 struct eng_slot {
     char name[64];
     char port[64];
-    struct eng_transport *t;     /* the device on the slot, owned; NULL when empty */
-    bool present;                /* t is a live device (not yet reported gone) */
-    struct eng_session *session; /* running (or ending) session */
+    struct eng_transport *t;      /* the device on the slot, owned; NULL when empty */
+    bool present;                 /* t is a live device (not yet reported gone) */
+    struct eng_session *session;  /* running (or ending) session */
     struct eng_transport *queued; /* arrived while the old one was still in use */
-    enum eng_result latched;     /* last result, until the device leaves */
+    enum eng_result latched;      /* last result, until the device leaves */
 };
 
 /*

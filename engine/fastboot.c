@@ -31,17 +31,17 @@ struct eng_fb {
     uv_timer_t timer;
     struct eng_xfer xfer;
     enum fb_state state;
-    bool in_flight;      /* xfer submitted, callback not yet run */
+    bool in_flight; /* xfer submitted, callback not yet run */
     /* the running operation */
     eng_fb_done_cb cb;
     void *user_data;
     unsigned timeout_ms;
     char cmd[ENG_FB_COMMAND_MAX + 1];
     char reply[ENG_FB_REPLY_MAX + 1];
-    struct eng_iov one;      /* eng_fb_download()'s single range */
+    struct eng_iov one; /* eng_fb_download()'s single range */
     const struct eng_iov *iov;
     unsigned n_iov, cur_iov;
-    size_t iov_off;          /* bytes of iov[cur_iov] already sent */
+    size_t iov_off; /* bytes of iov[cur_iov] already sent */
     uint64_t data_len, data_sent;
     bool download, data_done;
     /* ending: the in-flight transfer was cancelled; finish on its callback */
@@ -139,8 +139,8 @@ static int submit(struct eng_fb *fb, enum eng_xfer_type type, void *buf, size_t 
 static void fail_submit(struct eng_fb *fb, int rc, const char *what)
 {
     if (rc == ST_ENODEV && fb->download && fb->state == FB_SEND_DATA)
-        finishf(fb, rc, "device disconnected after %" PRIu64 " of %" PRIu64 " bytes",
-                fb->data_sent, fb->data_len);
+        finishf(fb, rc, "device disconnected after %" PRIu64 " of %" PRIu64 " bytes", fb->data_sent,
+                fb->data_len);
     else if (rc == ST_ENODEV)
         finishf(fb, rc, "device disconnected");
     else
@@ -243,8 +243,7 @@ static void on_reply(struct eng_fb *fb, size_t n)
             printable(fb->reply, n, shown, sizeof(shown));
             finishf(fb, ST_EPROTO, "malformed DATA reply \"%s\"", shown);
         } else if (want != fb->data_len) {
-            finishf(fb, ST_EPROTO, "device asked for %llu bytes, not %" PRIu64, want,
-                    fb->data_len);
+            finishf(fb, ST_EPROTO, "device asked for %llu bytes, not %" PRIu64, want, fb->data_len);
         } else {
             send_chunk(fb);
         }
@@ -276,8 +275,7 @@ static void xfer_done(struct eng_xfer *x)
     switch (fb->state) {
     case FB_SEND_CMD:
         if (x->actual != x->len) {
-            finishf(fb, ST_EPROTO, "short write of command (%zu of %zu bytes)", x->actual,
-                    x->len);
+            finishf(fb, ST_EPROTO, "short write of command (%zu of %zu bytes)", x->actual, x->len);
             return;
         }
         read_reply(fb);
@@ -431,8 +429,9 @@ void eng_fb_abort(struct eng_fb *fb, int status, const char *reason)
     if (fb->state == FB_IDLE || fb->ending)
         return;
     if (status == ST_ENODEV && fb->download && fb->state == FB_SEND_DATA)
-        snprintf(fb->msg, sizeof(fb->msg), "device disconnected after %" PRIu64 " of %" PRIu64
-                 " bytes", fb->data_sent, fb->data_len);
+        snprintf(fb->msg, sizeof(fb->msg),
+                 "device disconnected after %" PRIu64 " of %" PRIu64 " bytes", fb->data_sent,
+                 fb->data_len);
     else
         snprintf(fb->msg, sizeof(fb->msg), "%s", reason ? reason : st_strerror(status));
     end_with(fb, status);

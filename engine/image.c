@@ -27,8 +27,8 @@ struct eng_image {
     char message[CFG_PATH_MAX + 600];
     uint8_t *data;
     uint64_t size;
-    int fd;               /* kept open for libsparse's reads (sparse planning) */
-    struct stat st;       /* the file as verified */
+    int fd;         /* kept open for libsparse's reads (sparse planning) */
+    struct stat st; /* the file as verified */
     bool have_signer;
     struct eng_pubkey signer;
     bool require_signature;
@@ -230,7 +230,10 @@ int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg,
     return 0;
 }
 
-void eng_image_ref(struct eng_image *img) { img->refs++; }
+void eng_image_ref(struct eng_image *img)
+{
+    img->refs++;
+}
 
 void eng_image_unref(struct eng_image *img)
 {
@@ -243,10 +246,22 @@ void eng_image_unref(struct eng_image *img)
     image_free(img);
 }
 
-const uint8_t *eng_image_data(const struct eng_image *img) { return img->data; }
-uint64_t eng_image_size(const struct eng_image *img) { return img->size; }
-const char *eng_image_sha256(const struct eng_image *img) { return img->sha256; }
-const char *eng_image_name(const struct eng_image *img) { return img->cfg.name; }
+const uint8_t *eng_image_data(const struct eng_image *img)
+{
+    return img->data;
+}
+uint64_t eng_image_size(const struct eng_image *img)
+{
+    return img->size;
+}
+const char *eng_image_sha256(const struct eng_image *img)
+{
+    return img->sha256;
+}
+const char *eng_image_name(const struct eng_image *img)
+{
+    return img->cfg.name;
+}
 
 int eng_image_check_unchanged(const struct eng_image *img, char *msg, size_t len)
 {
@@ -257,13 +272,18 @@ int eng_image_check_unchanged(const struct eng_image *img, char *msg, size_t len
         now.st_dev != img->st.st_dev || now.st_size != img->st.st_size ||
         now.st_mtim.tv_sec != img->st.st_mtim.tv_sec ||
         now.st_mtim.tv_nsec != img->st.st_mtim.tv_nsec) {
-        snprintf(msg, len, "%s changed on disk since it was verified; nothing was sent "
-                           "(reload the station to verify it again)", img->cfg.path);
+        snprintf(msg, len,
+                 "%s changed on disk since it was verified; nothing was sent "
+                 "(reload the station to verify it again)",
+                 img->cfg.path);
         return ST_EINVAL;
     }
     return 0;
 }
-int eng_image_fd(const struct eng_image *img) { return img->fd; }
+int eng_image_fd(const struct eng_image *img)
+{
+    return img->fd;
+}
 const char *eng_image_path(const struct eng_image *img)
 {
     return img->cfg.path[0] ? img->cfg.path : "(demo)";

@@ -51,7 +51,7 @@ const uint8_t *eng_image_data(const struct eng_image *img);
 uint64_t eng_image_size(const struct eng_image *img);
 const char *eng_image_sha256(const struct eng_image *img); /* lowercase hex */
 const char *eng_image_name(const struct eng_image *img);
-const char *eng_image_path(const struct eng_image *img);   /* "(demo)" for generated */
+const char *eng_image_path(const struct eng_image *img); /* "(demo)" for generated */
 /* A read-only descriptor of the content, owned by the image. */
 int eng_image_fd(const struct eng_image *img);
 

@@ -100,9 +100,8 @@ static int check_recipe(const struct cfg_recipe *recipe)
 }
 
 int eng_engine_add_profile(struct eng_engine *eng, const char *name,
-                           const struct cfg_recipe *recipe,
-                           const struct eng_profile_options *opts, eng_load_cb cb,
-                           void *user_data, unsigned *index)
+                           const struct cfg_recipe *recipe, const struct eng_profile_options *opts,
+                           eng_load_cb cb, void *user_data, unsigned *index)
 {
     if (eng->closing)
         return ST_ECLOSED;

@@ -20,14 +20,14 @@
 
 enum session_phase {
     PH_RUNNING,
-    PH_WAIT_DEVICE, /* the device left to re-enumerate; waiting on the same slot */
+    PH_WAIT_DEVICE,  /* the device left to re-enumerate; waiting on the same slot */
     PH_WAIT_VERDICT, /* serialno read; waiting for eng_engine_serial_verdict() */
-    PH_ENDING,      /* result known, driver closing */
+    PH_ENDING,       /* result known, driver closing */
 };
 
 struct eng_session {
     struct eng_engine *eng;
-    struct eng_profile *prof;  /* referenced while the session lives */
+    struct eng_profile *prof; /* referenced while the session lives */
     struct eng_slot *slot;
     struct eng_fb *fb;
     struct eng_dfu *dfu;       /* instead of fb when the transport says ENG_PROTO_DFU */
@@ -38,21 +38,21 @@ struct eng_session {
     unsigned step;
     int64_t step_started_ms;
     char step_name[CFG_ARG_MAX + 16];
-    unsigned sub;              /* position inside a multi-command step */
+    unsigned sub; /* position inside a multi-command step */
     char serial[64];
     char product[64];
     uint64_t max_download;
-    bool has_slot;             /* the current flash step's partition is slotted */
-    char slot_suffix[4];       /* "_a" once current-slot is known */
+    bool has_slot;                      /* the current flash step's partition is slotted */
+    char slot_suffix[4];                /* "_a" once current-slot is known */
     const struct eng_sparse_plan *plan; /* current flash step, when split */
     struct eng_plan_entry *waiting_plan;
     unsigned piece, n_pieces;
-    char qual[32];             /* " piece 3/7" in reasons */
+    char qual[32]; /* " piece 3/7" in reasons */
     uint64_t bytes, step_bytes;
     int64_t last_progress_ms;
     char info[INFO_MAX];
     size_t info_len;
-    uv_timer_t wait_timer;     /* re-enumeration */
+    uv_timer_t wait_timer; /* re-enumeration */
     bool wait_timer_open;
     enum eng_result result;
     char failed_step[CFG_ARG_MAX + 16];
@@ -100,8 +100,8 @@ static unsigned reply_timeout(const struct eng_session *s)
 /* A data step's limit: the base plus its bytes at the minimum rate. */
 static unsigned data_timeout(const struct eng_session *s, uint64_t bytes)
 {
-    uint64_t rate = s->prof->opts.min_rate_bps ? s->prof->opts.min_rate_bps
-                                               : s->eng->opts.min_rate_bps;
+    uint64_t rate =
+        s->prof->opts.min_rate_bps ? s->prof->opts.min_rate_bps : s->eng->opts.min_rate_bps;
     uint64_t ms = reply_timeout(s) + bytes * 1000 / rate;
     return ms > 0x7fffffff ? 0x7fffffff : (unsigned)ms;
 }
@@ -325,8 +325,8 @@ enum flash_sub {
 };
 
 static const char *const flash_sub_name[] = {
-    "getvar:has-slot", "getvar:current-slot", "getvar:max-download-size", "split",
-    "download", "flash",
+    "getvar:has-slot", "getvar:current-slot", "getvar:max-download-size", "split", "download",
+    "flash",
 };
 
 static void flash_next(struct eng_session *s);
@@ -483,8 +483,8 @@ static void flash_next(struct eng_session *s)
             flash_next(s);
             return;
         }
-        rc = eng_fb_command(s->fb, "getvar:max-download-size", reply_timeout(s),
-                            on_flash_sub_done, s);
+        rc = eng_fb_command(s->fb, "getvar:max-download-size", reply_timeout(s), on_flash_sub_done,
+                            s);
         break;
     case FL_PLAN:
         flash_plan(s);
@@ -501,8 +501,8 @@ static void flash_next(struct eng_session *s)
         }
         break;
     case FL_FLASH: {
-        uint64_t size = s->plan ? eng_sparse_plan_piece(s->plan, s->piece)->bytes
-                                : eng_image_size(img);
+        uint64_t size =
+            s->plan ? eng_sparse_plan_piece(s->plan, s->piece)->bytes : eng_image_size(img);
         snprintf(cmd, sizeof(cmd), "flash:%s%s", st->arg, s->has_slot ? s->slot_suffix : "");
         rc = eng_fb_command(s->fb, cmd, data_timeout(s, size), on_flash_sub_done, s);
         break;
@@ -517,8 +517,7 @@ static void flash_next(struct eng_session *s)
 static void on_wait_timeout(uv_timer_t *t)
 {
     struct eng_session *s = t->data;
-    step_fail(s, "device did not come back within %g s",
-              s->eng->opts.reenum_timeout_ms / 1000.0);
+    step_fail(s, "device did not come back within %g s", s->eng->opts.reenum_timeout_ms / 1000.0);
 }
 
 static void on_reboot_bootloader_done(struct eng_fb *fb, int status, const char *text,
@@ -658,8 +657,8 @@ static void run_step(struct eng_session *s)
         rc = eng_fb_command(s->fb, "reboot", reply_timeout(s), on_simple_done, s);
         break;
     case CFG_STEP_REBOOT_BOOTLOADER:
-        rc = eng_fb_command(s->fb, "reboot-bootloader", reply_timeout(s),
-                            on_reboot_bootloader_done, s);
+        rc = eng_fb_command(s->fb, "reboot-bootloader", reply_timeout(s), on_reboot_bootloader_done,
+                            s);
         break;
     case CFG_STEP_OEM:
         snprintf(cmd, sizeof(cmd), "oem %s", st->arg);

@@ -30,7 +30,7 @@ struct seg {
     bool in_plan; /* in the plan's buffer, else in the image */
 };
 
-struct raw_src {          /* sparse input: where RAW blocks live in the file */
+struct raw_src { /* sparse input: where RAW blocks live in the file */
     uint64_t blk, n, off;
 };
 
@@ -39,7 +39,7 @@ struct eng_sparse_plan {
     unsigned n_pieces;
     struct eng_sparse_piece *pieces;
     struct eng_iov *iov;
-    uint8_t *buf;         /* headers, fill values, padding */
+    uint8_t *buf; /* headers, fill values, padding */
 };
 
 struct builder {
@@ -58,11 +58,11 @@ struct builder {
     enum { P_FILE_HDR, P_CHUNK_HDR, P_RAW, P_INLINE } state;
     uint8_t hdr[28];
     size_t hdr_have, want;
-    uint64_t blk;         /* block position of the current chunk */
+    uint64_t blk; /* block position of the current chunk */
     uint32_t chunk_blocks;
-    uint64_t raw_done;    /* bytes of the current RAW chunk seen */
+    uint64_t raw_done; /* bytes of the current RAW chunk seen */
     uint64_t piece_bytes;
-    size_t piece_first;   /* first range of the current piece: never merge below */
+    size_t piece_first; /* first range of the current piece: never merge below */
     int error;
     char *err;
     size_t errlen;

@@ -25,7 +25,7 @@ struct eng_iov {
 };
 
 struct eng_sparse_piece {
-    uint64_t bytes;           /* the piece's size on the wire */
+    uint64_t bytes; /* the piece's size on the wire */
     const struct eng_iov *iov;
     unsigned n_iov;
 };

@@ -38,14 +38,14 @@ typedef void (*eng_transport_close_cb)(struct eng_transport *t, void *user_data)
 struct eng_xfer {
     /* Set by the driver before submit. */
     enum eng_xfer_type type;
-    void *buf;            /* OUT: bytes to send (not modified); IN: room */
-    size_t len;           /* OUT: bytes to send; IN: room in buf */
-    uint8_t setup[8];     /* CONTROL only */
+    void *buf;        /* OUT: bytes to send (not modified); IN: room */
+    size_t len;       /* OUT: bytes to send; IN: room in buf */
+    uint8_t setup[8]; /* CONTROL only */
     eng_xfer_cb cb;
     void *user_data;
     /* Set by the transport before the callback. */
-    int status;           /* 0 or a negative st_error code */
-    size_t actual;        /* bytes moved */
+    int status;    /* 0 or a negative st_error code */
+    size_t actual; /* bytes moved */
     /* Owned by the transport while in flight. */
     void *priv;
 };
@@ -105,9 +105,9 @@ struct eng_dfu_info {
 
 struct eng_transport {
     const struct eng_transport_ops *ops;
-    void *impl;              /* the transport's own state */
-    char port[64];           /* port path ("1-4.2.3"), "tcp:HOST:PORT" or "virt-07" */
-    char usb_serial[64];     /* iSerial or equivalent identity, may be empty */
+    void *impl;          /* the transport's own state */
+    char port[64];       /* port path ("1-4.2.3"), "tcp:HOST:PORT" or "virt-07" */
+    char usb_serial[64]; /* iSerial or equivalent identity, may be empty */
     uint16_t vid, pid;
     unsigned profile;        /* the engine profile this device uses (set by its source) */
     uint8_t protocol_kind;   /* enum eng_protocol_kind; 0 (fastboot) unless set */

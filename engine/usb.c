@@ -33,10 +33,10 @@
 #define LANGID_EN_US 0x0409
 
 enum dev_state {
-    D_NEW,          /* seen by hotplug; open pending */
-    D_SERIAL,       /* open; reading iSerial (and DFU alt names) */
-    D_ATTACHED,     /* handed to the engine */
-    D_DROPPED,      /* not ours (no rule) or failed: waiting to be freed */
+    D_NEW,      /* seen by hotplug; open pending */
+    D_SERIAL,   /* open; reading iSerial (and DFU alt names) */
+    D_ATTACHED, /* handed to the engine */
+    D_DROPPED,  /* not ours (no rule) or failed: waiting to be freed */
 };
 
 struct usb_poll {
@@ -47,14 +47,14 @@ struct usb_poll {
     struct usb_poll *next;
 };
 
-struct waiter {                 /* a transfer waiting for budget */
+struct waiter { /* a transfer waiting for budget */
     struct usbdev *d;
     struct eng_xfer *x;
     struct waiter *next;
 };
 
 struct usbdev {
-    struct eng_transport pub;   /* first: the transport handle is the device */
+    struct eng_transport pub; /* first: the transport handle is the device */
     struct eng_usb *usb;
     libusb_device *dev;
     libusb_device_handle *h;
@@ -63,29 +63,29 @@ struct usbdev {
     int iface;
     uint8_t ep_in, ep_out;
     uint8_t cls, subclass, protocol; /* the matching interface's class triple */
-    bool dfu;                   /* a DFU interface: ep0 only */
+    bool dfu;                        /* a DFU interface: ep0 only */
     uint8_t iserial;
     uint8_t alt_string[ENG_DFU_MAX_ALTS]; /* DFU: iInterface of each alt */
-    unsigned string_step;       /* 0: iSerial; 1 + n: the name of alt n */
-    uint64_t first_try;         /* uv_now of the first open attempt */
+    unsigned string_step;                 /* 0: iSerial; 1 + n: the name of alt n */
+    uint64_t first_try;                   /* uv_now of the first open attempt */
     uint64_t next_try;
-    bool serial_pending;        /* the iSerial control transfer is in flight */
-    bool cancel_queued[3];      /* a queued (never submitted) transfer was cancelled */
-    bool done[3];               /* complete, its callback not yet delivered */
-    bool gone;                  /* hotplug said it left */
+    bool serial_pending;   /* the iSerial control transfer is in flight */
+    bool cancel_queued[3]; /* a queued (never submitted) transfer was cancelled */
+    bool done[3];          /* complete, its callback not yet delivered */
+    bool gone;             /* hotplug said it left */
     bool left_reported;
     bool claimed;
     /* transfers: one per kind, reused */
     struct libusb_transfer *lt[3];
-    struct eng_xfer *x[3];      /* in flight per kind, or NULL */
-    uint8_t *ctl_buf;           /* setup + data for control transfers */
+    struct eng_xfer *x[3]; /* in flight per kind, or NULL */
+    uint8_t *ctl_buf;      /* setup + data for control transfers */
     size_t ctl_cap;
     unsigned char serial_buf[8 + 255];
     /* a USB reset on the thread pool (DFU) */
-    struct eng_xfer *reset_x;   /* in flight, or NULL */
+    struct eng_xfer *reset_x; /* in flight, or NULL */
     uv_work_t reset_work;
-    int reset_rc;               /* libusb's answer, written by the worker */
-    bool reset_cancel;          /* cancelled after the worker took it */
+    int reset_rc;      /* libusb's answer, written by the worker */
+    bool reset_cancel; /* cancelled after the worker took it */
     /* closing (by the engine) */
     bool closing;
     eng_transport_close_cb close_cb;
@@ -101,15 +101,15 @@ struct eng_usb {
     libusb_hotplug_callback_handle hotplug;
     bool hotplug_registered;
     struct usb_poll *polls;
-    uv_timer_t timer;           /* libusb timeouts (when not on timerfd) and open retries */
-    uv_idle_t deferred;         /* runs process_deferred outside libusb */
+    uv_timer_t timer;   /* libusb timeouts (when not on timerfd) and open retries */
+    uv_idle_t deferred; /* runs process_deferred outside libusb */
     bool in_events;
     bool in_deferred, deferred_again;
     struct usbdev *devs;
     size_t inflight;
     struct waiter *waiting;
-    bool stopping;              /* hotplug off, no new devices */
-    bool closing;               /* handles closing (after the engine closed) */
+    bool stopping; /* hotplug off, no new devices */
+    bool closing;  /* handles closing (after the engine closed) */
     unsigned open_handles;
     void (*stop_cb)(struct eng_usb *usb, void *user_data);
     void *stop_user_data;
@@ -456,8 +456,7 @@ static void LIBUSB_CALL string_done(struct libusb_transfer *lt)
     d->string_step++;
     int rc = read_next_string(d);
     if (rc != 0) {
-        snprintf(msg, sizeof(msg), "cannot read a string descriptor: %s",
-                 libusb_error_name(rc));
+        snprintf(msg, sizeof(msg), "cannot read a string descriptor: %s", libusb_error_name(rc));
         drop(d, msg);
         kick(d->usb);
     }
@@ -478,8 +477,14 @@ static size_t rebuild_config(const struct libusb_config_descriptor *cfg, uint8_t
             memcpy(buf + o, (ptr), (size_t)(len));                                                 \
         o += (size_t)(len);                                                                        \
     } while (0)
-    const uint8_t head[9] = {9, LIBUSB_DT_CONFIG, 0, 0, cfg->bNumInterfaces,
-                             cfg->bConfigurationValue, cfg->iConfiguration, cfg->bmAttributes,
+    const uint8_t head[9] = {9,
+                             LIBUSB_DT_CONFIG,
+                             0,
+                             0,
+                             cfg->bNumInterfaces,
+                             cfg->bConfigurationValue,
+                             cfg->iConfiguration,
+                             cfg->bmAttributes,
                              cfg->MaxPower};
     PUT(head, 9);
     PUT(cfg->extra, cfg->extra_length);
@@ -565,15 +570,15 @@ static void try_open(struct usbdev *d)
         return;
     }
     if (d->rule == -2 || (!d->dfu && (!d->ep_in || !d->ep_out))) {
-        snprintf(msg, sizeof(msg), "%04x:%04x: broken or incomplete USB descriptors",
-                 dd.idVendor, dd.idProduct);
+        snprintf(msg, sizeof(msg), "%04x:%04x: broken or incomplete USB descriptors", dd.idVendor,
+                 dd.idProduct);
         drop(d, msg);
         return;
     }
     if (d->dfu && read_dfu_info(d, &dd) != 0) {
         snprintf(msg, sizeof(msg),
-                 "%04x:%04x: DFU interface without a usable DFU functional descriptor",
-                 dd.idVendor, dd.idProduct);
+                 "%04x:%04x: DFU interface without a usable DFU functional descriptor", dd.idVendor,
+                 dd.idProduct);
         drop(d, msg);
         return;
     }
@@ -596,8 +601,8 @@ static void try_open(struct usbdev *d)
                      "in the source), add the station's user to their group, then replug",
                      dd.idVendor, dd.idProduct);
         else
-            snprintf(msg, sizeof(msg), "%04x:%04x: cannot open the device: %s",
-                     dd.idVendor, dd.idProduct, libusb_error_name(rc));
+            snprintf(msg, sizeof(msg), "%04x:%04x: cannot open the device: %s", dd.idVendor,
+                     dd.idProduct, libusb_error_name(rc));
         drop(d, msg);
         return;
     }
@@ -605,8 +610,8 @@ static void try_open(struct usbdev *d)
     libusb_set_auto_detach_kernel_driver(d->h, 1);
     rc = libusb_claim_interface(d->h, d->iface);
     if (rc != 0) {
-        snprintf(msg, sizeof(msg), "%04x:%04x: cannot claim interface %d: %s%s",
-                 dd.idVendor, dd.idProduct, d->iface, libusb_error_name(rc),
+        snprintf(msg, sizeof(msg), "%04x:%04x: cannot claim interface %d: %s%s", dd.idVendor,
+                 dd.idProduct, d->iface, libusb_error_name(rc),
                  rc == LIBUSB_ERROR_BUSY ? " (another program is using the device)" : "");
         drop(d, msg);
         return;
@@ -622,8 +627,7 @@ static void try_open(struct usbdev *d)
     d->string_step = 0;
     rc = read_next_string(d);
     if (rc != 0) {
-        snprintf(msg, sizeof(msg), "cannot read the serial number: %s",
-                 libusb_error_name(rc));
+        snprintf(msg, sizeof(msg), "cannot read the serial number: %s", libusb_error_name(rc));
         drop(d, msg);
     }
 }
@@ -823,7 +827,8 @@ static int usb_submit(struct eng_transport *t, struct eng_xfer *x)
         return ST_EINVAL;
     x->status = 0;
     x->actual = 0;
-    if (!usb->waiting && (usb->inflight == 0 || usb->inflight + x->len <= usb->opts.inflight_budget)) {
+    if (!usb->waiting &&
+        (usb->inflight == 0 || usb->inflight + x->len <= usb->opts.inflight_budget)) {
         int rc = really_submit(d, x);
         if (rc != ST_ENOMEM)
             return rc;
@@ -1154,8 +1159,8 @@ int eng_usb_list(const struct eng_usb_options *opts, struct eng_usb_port *out, u
             rc = libusb_open(dev, &h);
             if (rc == 0) {
                 unsigned char buf[64];
-                int len = libusb_get_string_descriptor_ascii(h, dd.iSerialNumber, buf,
-                                                             sizeof(buf) - 1);
+                int len =
+                    libusb_get_string_descriptor_ascii(h, dd.iSerialNumber, buf, sizeof(buf) - 1);
                 if (len > 0)
                     snprintf(p->serial, sizeof(p->serial), "%.*s", len, (const char *)buf);
                 libusb_close(h);

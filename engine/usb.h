@@ -41,8 +41,8 @@ struct eng_usb_rule {
 struct eng_usb_options {
     unsigned n_rules;
     struct eng_usb_rule rules[ENG_USB_MAX_RULES];
-    unsigned open_retry_ms;  /* keep retrying a failing open this long; default 2000 */
-    size_t inflight_budget;  /* bytes in flight for all devices; default 16 MiB */
+    unsigned open_retry_ms; /* keep retrying a failing open this long; default 2000 */
+    size_t inflight_budget; /* bytes in flight for all devices; default 16 MiB */
 };
 
 struct eng_usb;
@@ -70,9 +70,9 @@ struct eng_usb_port {
     uint16_t vid, pid;
     uint8_t cls, subclass, protocol; /* the matching interface, or the first one */
     char serial[64];
-    const char *speed;               /* "high", "super", ... */
-    int rule;                        /* index of the matching rule, or -1 */
-    char note[128];                  /* why a field is missing, e.g. permission denied */
+    const char *speed; /* "high", "super", ... */
+    int rule;          /* index of the matching rule, or -1 */
+    char note[128];    /* why a field is missing, e.g. permission denied */
 };
 
 /* List attached devices synchronously (not on a running loop: this is

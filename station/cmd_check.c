@@ -71,8 +71,8 @@ static void on_image(struct eng_image *img, int status, const char *message, voi
         printf("  image %-10s ERROR %s\n", ic->cfg->name, err);
         return;
     }
-    printf("  image %-10s %s  %" PRIu64 " bytes  sha256 %s%s\n", ic->cfg->name,
-           eng_image_path(img), eng_image_size(img), eng_image_sha256(img),
+    printf("  image %-10s %s  %" PRIu64 " bytes  sha256 %s%s\n", ic->cfg->name, eng_image_path(img),
+           eng_image_size(img), eng_image_sha256(img),
            ic->cfg->sha256[0] ? "  (pinned: ok)" : "  (not pinned)");
 }
 
@@ -140,8 +140,8 @@ int st_check_config(const struct cfg_config *cfg)
             print_match(&p->matches[m]);
         printf("; %s; serial policy %s\n", p->protocol == CFG_PROTO_DFU ? "dfu" : "fastboot",
                policy_name(p->serial_policy));
-        printf("  recipe %s: %s %s, %u step(s), %u image(s)\n", p->recipe_path, r->name,
-               r->version, r->n_steps, r->n_images);
+        printf("  recipe %s: %s %s, %u step(s), %u image(s)\n", p->recipe_path, r->name, r->version,
+               r->n_steps, r->n_images);
         struct eng_image_trust trust = {.signer = have_key ? &key : NULL,
                                         .require_signature = cfg->require_signatures};
         for (unsigned k = 0; k < r->n_images; k++) {

@@ -5,11 +5,10 @@
  */
 #include "station/commands.h"
 
-#define ST__NOT_YET(fn, name)                                                  \
-    int fn(int argc, char **argv)                                              \
-    {                                                                          \
-        (void)argc;                                                            \
-        (void)argv;                                                            \
-        return st_usage_error("'%s' is not implemented yet", name);            \
+#define ST__NOT_YET(fn, name)                                                                      \
+    int fn(int argc, char **argv)                                                                  \
+    {                                                                                              \
+        (void)argc;                                                                                \
+        (void)argv;                                                                                \
+        return st_usage_error("'%s' is not implemented yet", name);                                \
     }
-

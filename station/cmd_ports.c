@@ -68,7 +68,7 @@ int st_cmd_ports(int argc, char **argv)
         const char *profile = "-";
         if (p->rule >= 0)
             profile = cfg && cfg->n_profiles ? cfg->profiles[uo.rules[p->rule].profile].name
-                                              : "fastboot (built-in)";
+                                             : "fastboot (built-in)";
         printf("%-16s %04x:%04x %02X/%02X/%02X %-20s %-7s %-12s %s%s%s\n", p->port, p->vid, p->pid,
                p->cls, p->subclass, p->protocol, p->serial[0] ? p->serial : "-", p->speed,
                slot ? slot->name : (cfg ? "-" : p->port), profile, p->note[0] ? "  # " : "",

@@ -160,8 +160,18 @@ static int parse_format(const char *arg, enum fmt *out)
 
 static int parse_args(int argc, char **argv, struct args *a)
 {
-    enum { O_DB = 1000, O_SINCE, O_UNTIL, O_SERIAL, O_SLOT, O_RESULT, O_RECIPE, O_BY, O_FORMAT,
-           O_HELP };
+    enum {
+        O_DB = 1000,
+        O_SINCE,
+        O_UNTIL,
+        O_SERIAL,
+        O_SLOT,
+        O_RESULT,
+        O_RECIPE,
+        O_BY,
+        O_FORMAT,
+        O_HELP
+    };
     static const struct option longopts[] = {
         {"db", required_argument, NULL, O_DB},
         {"since", required_argument, NULL, O_SINCE},
@@ -358,8 +368,8 @@ static void history_row(struct printer *p, const char *const *v)
             fprintf(p->out, " (%s)", db);
         fprintf(p->out, "  %s  slot %s  serial %s  usb %s  %s %s  %s\n", val(p, v, "started"),
                 val(p, v, "slot"), val(p, v, "serial"), val(p, v, "usb_serial"),
-                val(p, v, "recipe"), val(p, v, "version"), val(p, v, "result")[0] ?
-                val(p, v, "result") : "RUNNING");
+                val(p, v, "recipe"), val(p, v, "version"),
+                val(p, v, "result")[0] ? val(p, v, "result") : "RUNNING");
         if (*val(p, v, "reason")) {
             fputs("  reason: ", p->out);
             put_flat(p->out, val(p, v, "reason"));
@@ -548,8 +558,7 @@ static int run_query(int argc, char **argv, enum which which)
     if (rc == 0)
         rc = p.err;
     if (rc) {
-        fprintf(stderr, "station: %s: %s\n", argv[0],
-                rc == ST_EDB ? err : st_strerror(rc));
+        fprintf(stderr, "station: %s: %s\n", argv[0], rc == ST_EDB ? err : st_strerror(rc));
         exit_code = rc == ST_EDB ? ST_EXIT_USAGE : ST_EXIT_INTERNAL;
     }
     if (fflush(stdout) != 0 && exit_code == ST_EXIT_OK) {

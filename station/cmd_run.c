@@ -50,11 +50,27 @@ static const char run_usage[] =
 int st_cmd_run(int argc, char **argv)
 {
     enum {
-        O_SIMULATE = 1000, O_USB, O_HEADLESS, O_EXIT_AFTER, O_DB, O_FAULT, O_PACE, O_IMAGE,
-        O_SYSTEM_MIB, O_MAX_DOWNLOAD, O_REPLUG, O_TIMEOUT, O_INFO, O_STATION_ID, O_HELP,
+        O_SIMULATE = 1000,
+        O_USB,
+        O_HEADLESS,
+        O_EXIT_AFTER,
+        O_DB,
+        O_FAULT,
+        O_PACE,
+        O_IMAGE,
+        O_SYSTEM_MIB,
+        O_MAX_DOWNLOAD,
+        O_REPLUG,
+        O_TIMEOUT,
+        O_INFO,
+        O_STATION_ID,
+        O_HELP,
         O_LOG_FORMAT,
-        O_SERIAL_POLICY, O_SEED, O_DB_TIMEOUT,
-        O_TCP, O_SOCKET,
+        O_SERIAL_POLICY,
+        O_SEED,
+        O_DB_TIMEOUT,
+        O_TCP,
+        O_SOCKET,
     };
     static const struct option longopts[] = {
         {"simulate", required_argument, NULL, O_SIMULATE},
@@ -143,14 +159,16 @@ int st_cmd_run(int argc, char **argv)
             break;
         case O_SYSTEM_MIB:
             if (st_parse_uint("--system-mib", optarg, 4095, &v) || v == 0)
-                return v == 0 ? st_usage_error("--system-mib: must be at least 1, got \"%s\"", optarg)
-                              : ST_EXIT_USAGE;
+                return v == 0
+                           ? st_usage_error("--system-mib: must be at least 1, got \"%s\"", optarg)
+                           : ST_EXIT_USAGE;
             o.system_bytes = (uint64_t)v << 20;
             break;
         case O_MAX_DOWNLOAD:
             if (st_parse_uint("--max-download", optarg, 0xffffffffUL, &v) || v == 0)
-                return v == 0 ? st_usage_error("--max-download: must be positive, got \"%s\"", optarg)
-                              : ST_EXIT_USAGE;
+                return v == 0
+                           ? st_usage_error("--max-download: must be positive, got \"%s\"", optarg)
+                           : ST_EXIT_USAGE;
             o.max_download = v;
             break;
         case O_REPLUG:
@@ -210,8 +228,8 @@ int st_cmd_run(int argc, char **argv)
     if (optind < argc)
         return st_usage_error("unexpected argument '%s' for 'station run'", argv[optind]);
     if (!o.simulate && !o.n_tcp && !o.usb && !o.config_path)
-        return st_usage_error("%s", "nothing to do: give -c station.ini for a real line, or "
-                                 "--simulate N, --tcp HOST:PORT or --usb (built-in demo recipe)");
+        return st_usage_error("%s",
+                              "nothing to do: give -c station.ini for a real line, or "
+                              "--simulate N, --tcp HOST:PORT or --usb (built-in demo recipe)");
     return st_run(&o);
 }
-

@@ -35,37 +35,37 @@ struct station {
     const struct st_run_options *opts;
     uv_loop_t loop;
     uv_signal_t sigint, sigterm;
-    uv_signal_t sighup;          /* reload the configuration (with -c only) */
+    uv_signal_t sighup; /* reload the configuration (with -c only) */
     struct db *db;
     struct eng_engine *eng;
     struct eng_rack *rack;
-    struct cfg_config *cfg;      /* NULL: the built-in demo recipe */
-    struct eng_usb *usb;         /* USB devices, when flashing them */
+    struct cfg_config *cfg; /* NULL: the built-in demo recipe */
+    struct eng_usb *usb;    /* USB devices, when flashing them */
     struct eng_pubkey signer;
-    unsigned profiles_loading;   /* profiles whose images are not loaded yet */
+    unsigned profiles_loading; /* profiles whose images are not loaded yet */
     bool profiles_failed;
     /* SIGHUP reload: the new configuration while its profiles load */
     struct cfg_config *next_cfg;
-    unsigned reload_loading;     /* its profiles not loaded yet, +1 while adding them */
-    unsigned reload_added;       /* its profiles added to the engine (after the current ones) */
+    unsigned reload_loading; /* its profiles not loaded yet, +1 while adding them */
+    unsigned reload_added;   /* its profiles added to the engine (after the current ones) */
     bool reload_failed;
-    bool reload_again;           /* SIGHUP during a load: reload once more after it */
+    bool reload_again; /* SIGHUP during a load: reload once more after it */
     char reload_err[CFG_ERROR_MAX];
     struct cfg_config **old_cfgs; /* replaced by reloads; freed at exit (opts point into them) */
     unsigned n_old_cfgs;
     struct eng_tcp_source **tcp; /* network slots (--tcp), created once images loaded */
     unsigned n_tcp;
-    unsigned sources_running;    /* device sources not yet stopped, +1 while stopping them */
+    unsigned sources_running; /* device sources not yet stopped, +1 while stopping them */
     struct ui_model model;
-    struct ui_headless *out;  /* NULL while the dashboard runs */
-    struct ui_dash *dash;     /* NULL when headless */
+    struct ui_headless *out;    /* NULL while the dashboard runs */
+    struct ui_dash *dash;       /* NULL when headless */
     struct st_serials *serials; /* serial policy; freed after the db writer stops */
     struct st_publisher *pub;   /* `station watch` socket; NULL when none */
-    char deferred_err[600];   /* an error met while the dashboard had the terminal */
+    char deferred_err[600];     /* an error met while the dashboard had the terminal */
     char station_id[64];
-    unsigned recorded;      /* committed session ends */
-    unsigned failed;        /* committed FAIL */
-    unsigned unrecorded;    /* results the database could not take */
+    unsigned recorded;   /* committed session ends */
+    unsigned failed;     /* committed FAIL */
+    unsigned unrecorded; /* results the database could not take */
     bool stopping;
     bool db_failed;
     int exit_code;
@@ -136,8 +136,7 @@ static void on_committed(int status, void *user_data)
     } else {
         st->unrecorded++;
         note(st, UI_NOTE_ERROR, "%s %s NOT RECORDED (%s): result was %s", pe->slot,
-                         pe->serial[0] ? pe->serial : "-", st_strerror(status),
-                         eng_result_name(pe->result));
+             pe->serial[0] ? pe->serial : "-", st_strerror(status), eng_result_name(pe->result));
         if (st->opts->exit_after && !st->stopping)
             shutdown_station(st, ST_EXIT_INTERNAL);
     }
@@ -212,8 +211,7 @@ static void record_end(struct station *st, const struct eng_event *ev)
     if (rc) {
         st->unrecorded++;
         note(st, UI_NOTE_ERROR, "%s %s NOT RECORDED (%s): result was %s", pe->slot,
-                         pe->serial[0] ? pe->serial : "-", st_strerror(rc),
-                         eng_result_name(pe->result));
+             pe->serial[0] ? pe->serial : "-", st_strerror(rc), eng_result_name(pe->result));
         free(pe);
         if (st->opts->exit_after && !st->stopping)
             shutdown_station(st, ST_EXIT_INTERNAL);
@@ -395,8 +393,8 @@ static void on_ui_action(enum ui_action action, void *user_data)
         }
         eng_engine_pause(st->eng, pause);
         ui_model_set_paused(&st->model, pause);
-        note(st, UI_NOTE_WARN, pause ? "intake paused: devices plugged now wait"
-                                     : "intake resumed");
+        note(st, UI_NOTE_WARN,
+             pause ? "intake paused: devices plugged now wait" : "intake resumed");
         break;
     }
     case UI_ACTION_QUIT:
@@ -426,8 +424,8 @@ static void on_loaded(int status, const char *message, void *user_data)
     unsigned n;
     const struct eng_image_info *im = eng_engine_images(st->eng, &n);
     for (unsigned i = 0; i < n; i++)
-        note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name,
-                         im[i].path, im[i].size, im[i].sha256);
+        note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name, im[i].path,
+             im[i].size, im[i].sha256);
     if (st->rack)
         eng_rack_start(st->rack);
     if ((st->opts->n_tcp || st->cfg) && !st->stopping) {
@@ -538,8 +536,10 @@ static void finish_reload(struct station *st)
         if (eng_engine_drop_profiles(st->eng, n_old, st->reload_added) != 0)
             errorf(st, "internal error: cannot drop the profiles of a failed reload");
         if (!st->stopping)
-            note(st, UI_NOTE_ERROR, "config reload failed: %s; still running on the previous "
-                 "configuration", st->reload_err);
+            note(st, UI_NOTE_ERROR,
+                 "config reload failed: %s; still running on the previous "
+                 "configuration",
+                 st->reload_err);
         cfg_free(cfg);
     } else {
         if (eng_engine_drop_profiles(st->eng, 0, n_old) != 0)
@@ -550,8 +550,7 @@ static void finish_reload(struct station *st)
         st->old_cfgs[st->n_old_cfgs++] = st->cfg; /* room made by start_reload */
         st->cfg = cfg;
         const struct cfg_recipe *r = cfg->profiles[0].recipe;
-        ui_model_set_station(&st->model, st->station_id, r->name, r->version,
-                             st->model.started_ms);
+        ui_model_set_station(&st->model, st->station_id, r->name, r->version, st->model.started_ms);
         note(st, UI_NOTE_INFO, "config reloaded: %u profiles", cfg->n_profiles);
         unsigned n;
         const struct eng_image_info *im = eng_engine_images(st->eng, &n);
@@ -559,7 +558,8 @@ static void finish_reload(struct station *st)
             note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name,
                  im[i].path, im[i].size, im[i].sha256);
         if (!same)
-            note(st, UI_NOTE_WARN, "config reload: the [profile] list changed; USB rules and "
+            note(st, UI_NOTE_WARN,
+                 "config reload: the [profile] list changed; USB rules and "
                  "network slots keep the first configuration's matches until a restart");
     }
     if (st->reload_again && !st->stopping)
@@ -589,8 +589,10 @@ static void start_reload(struct station *st)
     struct eng_pubkey key;
     st->reload_again = false;
     if (cfg_load(st->opts->config_path, &cfg, err, sizeof(err)) != 0) {
-        note(st, UI_NOTE_ERROR, "config reload failed: %s; still running on the previous "
-             "configuration", err);
+        note(st, UI_NOTE_ERROR,
+             "config reload failed: %s; still running on the previous "
+             "configuration",
+             err);
         return;
     }
     if (!cfg->n_profiles) {
@@ -620,13 +622,14 @@ static void start_reload(struct station *st)
             .require_signatures = cfg->require_signatures,
         };
         st->reload_loading++;
-        int rc = eng_engine_add_profile(st->eng, pr->name, pr->recipe, &po, on_reload_loaded, st,
-                                        NULL);
+        int rc =
+            eng_engine_add_profile(st->eng, pr->name, pr->recipe, &po, on_reload_loaded, st, NULL);
         if (rc) {
             st->reload_loading--;
             st->reload_failed = true;
-            snprintf(st->reload_err, sizeof(st->reload_err), "profile %s: cannot load recipe %s: %s",
-                     pr->name, pr->recipe_path, st_strerror(rc));
+            snprintf(st->reload_err, sizeof(st->reload_err),
+                     "profile %s: cannot load recipe %s: %s", pr->name, pr->recipe_path,
+                     st_strerror(rc));
             break;
         }
         st->reload_added++;
@@ -635,8 +638,10 @@ static void start_reload(struct station *st)
     return;
 
 out_refuse:
-    note(st, UI_NOTE_ERROR, "config reload failed: %s; still running on the previous "
-         "configuration", err);
+    note(st, UI_NOTE_ERROR,
+         "config reload failed: %s; still running on the previous "
+         "configuration",
+         err);
     cfg_free(cfg);
 }
 
@@ -684,9 +689,9 @@ static void on_sighup(uv_signal_t *h, int signum)
 #define LOOP_STATS_BUCKETS 10000u /* 100 ms */
 
 struct loop_stats {
-    bool on;                   /* STATION_LOOP_STATS given */
+    bool on; /* STATION_LOOP_STATS given */
     uv_timer_t timer;
-    uv_prepare_t prepare;      /* the clock; with `on` also the iteration accounting */
+    uv_prepare_t prepare; /* the clock; with `on` also the iteration accounting */
     uint64_t last_ns, start_ns, start_idle_ns;
     uint64_t prev_prepare_ns, prev_idle_ns, iter_max_ns;
     uint64_t samples, max_ns, max_at_ns, over_2ms, over_20ms;
@@ -805,7 +810,8 @@ static int apply_image_overrides(struct station *st, struct cfg_recipe *r)
         }
         for (unsigned j = 0; j < r->n_images; j++) {
             struct cfg_image *img = &r->images[j];
-            if (strlen(img->name) == (size_t)(eq - spec) && !strncmp(img->name, spec, (size_t)(eq - spec))) {
+            if (strlen(img->name) == (size_t)(eq - spec) &&
+                !strncmp(img->name, spec, (size_t)(eq - spec))) {
                 if (strlen(eq + 1) >= sizeof(img->path)) {
                     errorf(st, "--image %s: path too long", spec);
                     return -1;
@@ -815,8 +821,8 @@ static int apply_image_overrides(struct station *st, struct cfg_recipe *r)
             }
         }
         if (!found) {
-            errorf(st, "--image %s: the recipe has no image named \"%.*s\"", spec,
-                   (int)(eq - spec), spec);
+            errorf(st, "--image %s: the recipe has no image named \"%.*s\"", spec, (int)(eq - spec),
+                   spec);
             return -1;
         }
     }
@@ -832,8 +838,10 @@ static int start_publisher(struct station *st)
     const char *want = st->opts->socket_path;
     if (!want) {
         if (st_publisher_default_path(st->opts->db_path, path, sizeof(path)) != 0) {
-            note(st, UI_NOTE_WARN, "watch socket: %s.sock is too long for a Unix socket; "
-                 "no 'station watch' without --socket PATH", st->opts->db_path);
+            note(st, UI_NOTE_WARN,
+                 "watch socket: %s.sock is too long for a Unix socket; "
+                 "no 'station watch' without --socket PATH",
+                 st->opts->db_path);
             return 0;
         }
         want = path;
@@ -892,8 +900,7 @@ int st_run(const struct st_run_options *o)
         recipe = *st->cfg->profiles[0].recipe; /* for the header; each profile has its own */
     else
         cfg_recipe_default(&recipe, opts.system_bytes);
-    if (apply_image_overrides(st, &recipe) != 0 ||
-        (opts.n_tcp && tcp_sources(st, false) <= 0)) {
+    if (apply_image_overrides(st, &recipe) != 0 || (opts.n_tcp && tcp_sources(st, false) <= 0)) {
         cfg_free(st->cfg);
         return ST_EXIT_USAGE;
     }
@@ -927,7 +934,7 @@ int st_run(const struct st_run_options *o)
     ui_headless_set_format(st->out, opts.log_format == ST_LOG_JSON ? UI_LOG_JSON : UI_LOG_TEXT);
     if (db_recovered_count(st->db))
         note(st, UI_NOTE_WARN, "recovered %u interrupted session(s) as ABORTED",
-                         db_recovered_count(st->db));
+             db_recovered_count(st->db));
 
     int exit_code = ST_EXIT_INTERNAL;
     uv_loop_init(&st->loop);
@@ -945,8 +952,8 @@ int st_run(const struct st_run_options *o)
     }
     if (opts.simulate) {
         /* [simulate] gives the defaults; command-line options win. */
-        const struct cfg_simulate *cs = st->cfg && st->cfg->simulate.present ? &st->cfg->simulate
-                                                                              : NULL;
+        const struct cfg_simulate *cs =
+            st->cfg && st->cfg->simulate.present ? &st->cfg->simulate : NULL;
         unsigned profile = 0;
         if (cs && cs->profile[0])
             for (unsigned p = 0; p < st->cfg->n_profiles; p++)
@@ -954,15 +961,23 @@ int st_run(const struct st_run_options *o)
                     profile = p;
         struct eng_rack_options ro = {
             .count = opts.simulate,
-            .pace_mbps = opts.pace_mbps >= 0 ? opts.pace_mbps : cs ? cs->pace_mbps : 8.0,
-            .max_download = opts.max_download ? opts.max_download : cs ? cs->max_download : 0,
-            .plug_interval_ms = opts.plug_interval_ms ? opts.plug_interval_ms
-                                : cs && cs->plug_interval_ms ? cs->plug_interval_ms : 20,
-            .replug_ms = opts.replug_ms ? opts.replug_ms
-                         : cs && cs->replug_ms ? cs->replug_ms : 1500,
+            .pace_mbps = opts.pace_mbps >= 0 ? opts.pace_mbps
+                         : cs                ? cs->pace_mbps
+                                             : 8.0,
+            .max_download = opts.max_download ? opts.max_download
+                            : cs              ? cs->max_download
+                                              : 0,
+            .plug_interval_ms = opts.plug_interval_ms        ? opts.plug_interval_ms
+                                : cs && cs->plug_interval_ms ? cs->plug_interval_ms
+                                                             : 20,
+            .replug_ms = opts.replug_ms        ? opts.replug_ms
+                         : cs && cs->replug_ms ? cs->replug_ms
+                                               : 1500,
             .max_units = opts.exit_after,
             .info_lines = opts.info_lines,
-            .seed = opts.seed ? opts.seed : cs ? cs->seed : 0,
+            .seed = opts.seed ? opts.seed
+                    : cs      ? cs->seed
+                              : 0,
             .profile = profile,
         };
         if (st->cfg && st->cfg->profiles[profile].protocol == CFG_PROTO_DFU) {
@@ -980,8 +995,9 @@ int st_run(const struct st_run_options *o)
         for (unsigned i = 0; i < opts.n_faults; i++) {
             rc = eng_rack_add_fault_spec(st->rack, opts.faults[i]);
             if (rc) {
-                errorf(st, "--fault %s: %s (expected N:fail=CMD, N:silent=CMD, N:garbage=CMD "
-                           "or N:disconnect=BYTES with N from 1 to %u)",
+                errorf(st,
+                       "--fault %s: %s (expected N:fail=CMD, N:silent=CMD, N:garbage=CMD "
+                       "or N:disconnect=BYTES with N from 1 to %u)",
                        opts.faults[i], rc == ST_ERANGE ? "no such device" : "bad fault",
                        opts.simulate);
                 exit_code = ST_EXIT_USAGE;
@@ -1039,8 +1055,8 @@ int st_run(const struct st_run_options *o)
         if (rc) {
             errorf(st, "cannot start the dashboard (%s); printing lines instead", st_strerror(rc));
             if (ui_headless_new(opts.out, &st->model, &st->out) == 0)
-                ui_headless_set_format(st->out, opts.log_format == ST_LOG_JSON ? UI_LOG_JSON
-                                                                               : UI_LOG_TEXT);
+                ui_headless_set_format(st->out,
+                                       opts.log_format == ST_LOG_JSON ? UI_LOG_JSON : UI_LOG_TEXT);
         }
     }
 
@@ -1056,7 +1072,7 @@ int st_run(const struct st_run_options *o)
         }
     }
     note(st, UI_NOTE_INFO, "station %s: recipe %s %s, %u simulated device(s), database %s",
-                     st->station_id, recipe.name, recipe.version, opts.simulate, opts.db_path);
+         st->station_id, recipe.name, recipe.version, opts.simulate, opts.db_path);
     struct loop_stats *loop_stats = loop_stats_start(&st->loop); /* clock (+ probe if asked) */
     uv_run(&st->loop, UV_RUN_DEFAULT);
     loop_stats_finish(loop_stats, &st->loop);

@@ -39,34 +39,34 @@ enum st_exit {
 };
 
 struct st_run_options {
-    const char *config_path;      /* station.ini; NULL = built-in demo recipe */
-    bool usb;                     /* flash USB devices (default with a config and no
-                                     --simulate/--tcp) */
-    const char *db_path;          /* default: the config's, else "station.db" */
-    const char *station_id;       /* default: host name */
-    unsigned simulate;            /* virtual devices; 0 = none */
-    const char *tcp[ST_MAX_TCP];  /* network slots: "HOST:PORT" or "HOST:FIRST-LAST" */
+    const char *config_path;     /* station.ini; NULL = built-in demo recipe */
+    bool usb;                    /* flash USB devices (default with a config and no
+                                    --simulate/--tcp) */
+    const char *db_path;         /* default: the config's, else "station.db" */
+    const char *station_id;      /* default: host name */
+    unsigned simulate;           /* virtual devices; 0 = none */
+    const char *tcp[ST_MAX_TCP]; /* network slots: "HOST:PORT" or "HOST:FIRST-LAST" */
     unsigned n_tcp;
-    bool headless;                /* lines even on a terminal (else the dashboard there) */
-    enum st_log_format log_format; /* of the lines */
-    unsigned exit_after;          /* stop after N recorded sessions; 0 = run until signalled */
-    double pace_mbps;             /* virtual device pace; negative = default */
-    uint64_t system_bytes;        /* demo system image size; 0 = default */
-    uint64_t max_download;        /* virtual devices' max-download-size; 0 = default */
-    unsigned replug_ms;           /* simulated operator; 0 = default */
-    unsigned plug_interval_ms;    /* simulated rack: between the first plugs; 0 = default */
-    unsigned reply_timeout_ms;    /* 0 = default (5 s) */
-    unsigned info_lines;          /* virtual devices: INFO lines per flash */
+    bool headless;                     /* lines even on a terminal (else the dashboard there) */
+    enum st_log_format log_format;     /* of the lines */
+    unsigned exit_after;               /* stop after N recorded sessions; 0 = run until signalled */
+    double pace_mbps;                  /* virtual device pace; negative = default */
+    uint64_t system_bytes;             /* demo system image size; 0 = default */
+    uint64_t max_download;             /* virtual devices' max-download-size; 0 = default */
+    unsigned replug_ms;                /* simulated operator; 0 = default */
+    unsigned plug_interval_ms;         /* simulated rack: between the first plugs; 0 = default */
+    unsigned reply_timeout_ms;         /* 0 = default (5 s) */
+    unsigned info_lines;               /* virtual devices: INFO lines per flash */
     const char *faults[ST_MAX_FAULTS]; /* "N:KIND=ARG" */
     unsigned n_faults;
     const char *images[ST_MAX_IMAGE_OVERRIDES]; /* "NAME=PATH" */
     unsigned n_images;
-    FILE *out;                    /* event lines; default stdout */
-    FILE *err;                    /* errors; default stderr */
+    FILE *out; /* event lines; default stdout */
+    FILE *err; /* errors; default stderr */
     enum st_serial_policy serial_policy;
-    uint32_t seed;                /* simulated serial numbers; 0 = random */
-    unsigned db_busy_ms;          /* wait for another process's lock; 0 = default (5000) */
-    const char *socket_path;      /* `station watch` socket; NULL = DB.sock beside the db */
+    uint32_t seed;           /* simulated serial numbers; 0 = random */
+    unsigned db_busy_ms;     /* wait for another process's lock; 0 = default (5000) */
+    const char *socket_path; /* `station watch` socket; NULL = DB.sock beside the db */
 };
 
 /* Run the station; returns an st_exit code. */

@@ -66,16 +66,17 @@ static void write_board(const char *image_line, const char *extra_match)
 static void test_examples_pass_and_a_changed_byte_is_refused(void **state)
 {
     char out[8192];
-    assert_int_equal(sh(out, sizeof(out), "cp -r '%s/examples' ex && bash ex/make-images.sh ex/images",
-                        SOURCE_DIR), 0);
+    assert_int_equal(sh(out, sizeof(out),
+                        "cp -r '%s/examples' ex && bash ex/make-images.sh ex/images", SOURCE_DIR),
+                     0);
     int rc = sh(out, sizeof(out), "%s check -c ex/station.ini", STATION_BIN);
     if (rc != 0)
         fail_msg("check of the examples failed:\n%s", out);
     assert_non_null(strstr(out, "check: ok"));
     assert_non_null(strstr(out, "(pinned: ok)"));
     /* one changed byte in a pinned image */
-    assert_int_equal(sh(out, sizeof(out),
-                        "printf x | dd of=ex/images/boot.img bs=1 seek=4096 conv=notrunc"), 0);
+    assert_int_equal(
+        sh(out, sizeof(out), "printf x | dd of=ex/images/boot.img bs=1 seek=4096 conv=notrunc"), 0);
     rc = sh(out, sizeof(out), "%s check -c ex/station.ini", STATION_BIN);
     assert_int_equal(rc, 2);
     assert_non_null(strstr(out, "images/boot.img: sha256 mismatch"));
@@ -92,8 +93,9 @@ static void test_examples_pass_and_a_changed_byte_is_refused(void **state)
 static void test_dfu_suffix_files(void **state)
 {
     char out[8192];
-    assert_int_equal(sh(out, sizeof(out), "head -c 20000 /dev/urandom > fw.bin && cp fw.bin fw.dfu"
-                                          " && dfu-suffix -v 0483 -p df11 -a fw.dfu"),
+    assert_int_equal(sh(out, sizeof(out),
+                        "head -c 20000 /dev/urandom > fw.bin && cp fw.bin fw.dfu"
+                        " && dfu-suffix -v 0483 -p df11 -a fw.dfu"),
                      0);
     /* made by dfu-suffix for the profile's VID:PID: accepted */
     write_board("image fw fw.dfu", "match = usb 0483:df11\n");
@@ -124,8 +126,9 @@ static void test_dfu_suffix_files(void **state)
 static void test_dfuse_pack_files(void **state)
 {
     char out[8192];
-    assert_int_equal(sh(out, sizeof(out), "head -c 30000 /dev/urandom > app.bin && "
-                                          "dfuse-pack -b 0x08000000:app.bin -D 0x0483:0xdf11 app.dfu"),
+    assert_int_equal(sh(out, sizeof(out),
+                        "head -c 30000 /dev/urandom > app.bin && "
+                        "dfuse-pack -b 0x08000000:app.bin -D 0x0483:0xdf11 app.dfu"),
                      0);
     write_board("image fw app.dfu", "match = usb 0483:df11\n");
     int rc = sh(out, sizeof(out), "%s check -c station.ini", STATION_BIN);

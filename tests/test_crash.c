@@ -223,7 +223,7 @@ static void test_kill_9_twenty_times(void **state)
 {
     enum { ROUNDS = 20, MAX_PASS = 4096 };
     struct fx *fx = *state;
-    char (*serials)[64] = calloc(MAX_PASS, 64);
+    char(*serials)[64] = calloc(MAX_PASS, 64);
     unsigned seed = 20261122;
     long long open_before = 0, total_printed = 0;
     char out[ROUNDS + 1][320];
@@ -235,12 +235,12 @@ static void test_kill_9_twenty_times(void **state)
         snprintf(seed_arg, sizeof(seed_arg), "%d", 7000 + round);
         if (round == ROUNDS) {
             /* the last start: let it finish one unit cleanly */
-            char *args[] = {"run", "--simulate", "1", "--exit-after", "1", "--pace", "0",
-                            "--seed", seed_arg, "--db", fx->db, NULL};
+            char *args[] = {"run", "--simulate", "1",      "--exit-after", "1",    "--pace",
+                            "0",   "--seed",     seed_arg, "--db",         fx->db, NULL};
             assert_int_equal(wait_exit(spawn(fx, out[round], args), 60), 0);
         } else {
-            char *args[] = {"run", "--simulate", "32", "--pace", "20", "--replug-ms", "200",
-                            "--seed", seed_arg, "--db", fx->db, NULL};
+            char *args[] = {"run", "--simulate", "32",     "--pace", "20",   "--replug-ms",
+                            "200", "--seed",     seed_arg, "--db",   fx->db, NULL};
             /* from the first milliseconds (open, recovery) to mid-run */
             long kill_ms = 5 + (long)(rand_r(&seed) % 2400);
             pid_t pid = spawn(fx, out[round], args);
@@ -339,8 +339,9 @@ static void test_kill_9_twenty_times(void **state)
 /* Start a station that keeps taking units; returns once `n` passed. */
 static pid_t start_busy_station(struct fx *fx, const char *db, const char *extra)
 {
-    char *args[] = {"run", "--simulate", "8", "--pace", "20", "--replug-ms", "100", "--db",
-                    (char *)db, "--db-timeout-ms", "200", (char *)extra, NULL};
+    char *args[] = {"run",         "--simulate",  "8",    "--pace",   "20",
+                    "--replug-ms", "100",         "--db", (char *)db, "--db-timeout-ms",
+                    "200",         (char *)extra, NULL};
     pid_t pid = spawn(fx, fx->out, args);
     if (!wait_for_text(fx->out, " PASS ", 3, 20000)) {
         kill(pid, SIGKILL);
@@ -404,8 +405,7 @@ static bool make_tmpfs(struct fx *fx, const char *size)
     /* a private mount namespace: the mount vanishes with this process */
     static bool unshared;
     if (!unshared) {
-        if (unshare(CLONE_NEWNS) != 0 ||
-            mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+        if (unshare(CLONE_NEWNS) != 0 || mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
             print_message("cannot make a mount namespace (%s): not root?\n", strerror(errno));
             return false;
         }
@@ -458,8 +458,8 @@ static void test_db_read_only(void **state)
     char wal[320];
 
     /* at start: refused before any device is touched */
-    char *first[] = {"run", "--simulate", "1", "--exit-after", "1", "--pace", "0", "--db", fx->db,
-                     NULL};
+    char *first[] = {"run",    "--simulate", "1",    "--exit-after", "1",
+                     "--pace", "0",          "--db", fx->db,         NULL};
     assert_int_equal(wait_exit(spawn(fx, fx->out, first), 60), 0);
     if (!chattr(fx, fx->db)) {
         print_message("SKIPPED: this file system has no immutable flag\n");
@@ -504,8 +504,8 @@ static void test_db_corrupt(void **state)
     struct fx *fx = *state;
 
     /* at start */
-    char *first[] = {"run", "--simulate", "4", "--exit-after", "4", "--pace", "0", "--db", fx->db,
-                     NULL};
+    char *first[] = {"run",    "--simulate", "4",    "--exit-after", "4",
+                     "--pace", "0",          "--db", fx->db,         NULL};
     assert_int_equal(wait_exit(spawn(fx, fx->out, first), 60), 0);
     corrupt_pages(fx->db);
     assert_int_equal(wait_exit(spawn(fx, fx->out, first), 60), 2);

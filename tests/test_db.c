@@ -237,7 +237,8 @@ static void on_commit(int status, void *user_data)
     c->order = ++c->fx->events;
     if (c->check_id > 0) {
         peek = peek_open(c->fx->path);
-        snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM sessions WHERE id = %lld AND result = 'PASS'",
+        snprintf(sql, sizeof sql,
+                 "SELECT COUNT(*) FROM sessions WHERE id = %lld AND result = 'PASS'",
                  (long long)c->check_id);
         c->visible = peek_int(peek, sql) == 1;
         sqlite3_close(peek);
@@ -322,18 +323,20 @@ static void test_round_trip(void **state)
     assert_int_equal(cm.status, 0);
 
     c = peek_open(fx->path);
-    assert_text(c,
-                "SELECT printf('%d|%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%s|%s|%s|%d|%s', id, station, slot,"
-                " port, quote(usb_serial), serial, product, recipe, recipe_version, started_ms,"
-                " ended_ms, result, failed_step, reason, bytes, last_step) FROM sessions",
-                "1|st-1|A3|1-4.2.3|NULL|SN0001|falcon|phone|7|1700000000001|1700000009000|FAIL|"
-                "flash:system|device replied FAIL|12345|flash:system");
-    assert_text(c,
-                "SELECT group_concat(printf('%d|%d|%s|%d|%d|%s|%s|%d|%s', session_id, seq, name,"
-                " started_ms, ended_ms, result, quote(detail), bytes, info), ';') FROM"
-                " (SELECT * FROM steps ORDER BY seq)",
-                "1|0|flash:boot|1700000000100|1700000000200|PASS|NULL|1048576|line one\nline two;"
-                "1|1|flash:system|1700000000100|1700000000200|PASS|NULL|1048576|line one\nline two");
+    assert_text(
+        c,
+        "SELECT printf('%d|%s|%s|%s|%s|%s|%s|%s|%s|%d|%d|%s|%s|%s|%d|%s', id, station, slot,"
+        " port, quote(usb_serial), serial, product, recipe, recipe_version, started_ms,"
+        " ended_ms, result, failed_step, reason, bytes, last_step) FROM sessions",
+        "1|st-1|A3|1-4.2.3|NULL|SN0001|falcon|phone|7|1700000000001|1700000009000|FAIL|"
+        "flash:system|device replied FAIL|12345|flash:system");
+    assert_text(
+        c,
+        "SELECT group_concat(printf('%d|%d|%s|%d|%d|%s|%s|%d|%s', session_id, seq, name,"
+        " started_ms, ended_ms, result, quote(detail), bytes, info), ';') FROM"
+        " (SELECT * FROM steps ORDER BY seq)",
+        "1|0|flash:boot|1700000000100|1700000000200|PASS|NULL|1048576|line one\nline two;"
+        "1|1|flash:system|1700000000100|1700000000200|PASS|NULL|1048576|line one\nline two");
     assert_text(c,
                 "SELECT group_concat(session_id || '|' || name || '|' || sha256, ';') FROM"
                 " (SELECT * FROM session_images ORDER BY name)",
@@ -440,7 +443,8 @@ static void test_recovery(void **state)
                 "ABORTED|station stopped during flash:system");
     assert_text(c, "SELECT result || '|' || reason FROM sessions WHERE id = 2",
                 "ABORTED|station stopped during start");
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms > 1700000000000"), 2);
+    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms > 1700000000000"),
+                     2);
     sqlite3_close(c);
 
     /* Nothing left to recover the second time. */
@@ -555,7 +559,8 @@ static const char v1_rows[] =
     "INSERT INTO sessions VALUES(1, 'st', 'A1', '1-1', 'U1', 'SN1', 'falcon', 'phone', '7',"
     "  1000, 2000, 'PASS', NULL, NULL, 42, 'reboot');"
     "INSERT INTO sessions VALUES(2, 'st', 'A2', '1-2', NULL, 'SN2', NULL, 'phone', '7',"
-    "  1100, 2100, 'FAIL', 'flash:system', 'a, \"quoted\"' || char(10) || 'reason', 7, 'flash:system');"
+    "  1100, 2100, 'FAIL', 'flash:system', 'a, \"quoted\"' || char(10) || 'reason', 7, "
+    "'flash:system');"
     "INSERT INTO sessions VALUES(3, 'st', 'A3', '1-3', NULL, NULL, NULL, 'phone', '7',"
     "  1200, NULL, NULL, NULL, NULL, 0, 'flash:boot');"
     "INSERT INTO steps VALUES(1, 0, 'flash:boot', 1000, 1500, 'PASS', 'OKAY', 21, 'i1');"
@@ -615,12 +620,12 @@ static void test_migrate_v1_to_latest(void **state)
                      1);
     assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM pragma_foreign_key_check"), 0);
     assert_text(c, "PRAGMA integrity_check", "ok");
-    assert_int_equal(sqlite3_exec(c, "UPDATE sessions SET result = 'SKIPPED' WHERE id = 1", NULL,
-                                  NULL, NULL),
-                     SQLITE_OK);
-    assert_int_equal(sqlite3_exec(c, "UPDATE sessions SET result = 'MAYBE' WHERE id = 1", NULL,
-                                  NULL, NULL),
-                     SQLITE_CONSTRAINT);
+    assert_int_equal(
+        sqlite3_exec(c, "UPDATE sessions SET result = 'SKIPPED' WHERE id = 1", NULL, NULL, NULL),
+        SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(c, "UPDATE sessions SET result = 'MAYBE' WHERE id = 1", NULL, NULL, NULL),
+        SQLITE_CONSTRAINT);
     sqlite3_close(c);
 
     /* Up to date now: opening again changes nothing. */
@@ -639,8 +644,9 @@ static void test_migration_refuses_orphans(void **state)
      * keys off, as any tool may): the rebuild must not hide it. */
     assert_int_equal(sqlite3_open(fx->path, &c), SQLITE_OK);
     assert_int_equal(sqlite3_exec(c, v1_schema, NULL, NULL, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(c, "INSERT INTO steps VALUES(99, 0, 'x', 0, 0, 'PASS', NULL, 0,"
-                                     " NULL)",
+    assert_int_equal(sqlite3_exec(c,
+                                  "INSERT INTO steps VALUES(99, 0, 'x', 0, 0, 'PASS', NULL, 0,"
+                                  " NULL)",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(c);
@@ -798,8 +804,9 @@ static void test_newer_schema_refused(void **state)
     sqlite3 *c = NULL;
 
     assert_int_equal(sqlite3_open(fx->path, &c), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(c, "CREATE TABLE t(x); PRAGMA user_version = 99", NULL, NULL, NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(c, "CREATE TABLE t(x); PRAGMA user_version = 99", NULL, NULL, NULL),
+        SQLITE_OK);
     sqlite3_close(c);
     assert_int_equal(db_open(fx->path, &db, err, sizeof err), ST_EDB);
     assert_null(db);

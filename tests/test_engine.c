@@ -278,16 +278,16 @@ static void test_device_that_never_comes_back(void **state)
 static void test_faults_inside_a_split_name_the_piece(void **state)
 {
     struct fx *fx = *state;
-    const char *faults[] = {"1:fail=flash:system", "2:disconnect=2093108",
-                            "3:silent=flash:system", NULL};
+    const char *faults[] = {"1:fail=flash:system", "2:disconnect=2093108", "3:silent=flash:system",
+                            NULL};
     fx->ro.count = 4;
     fx->ro.max_download = 1u << 20;
     run(fx, 4, faults);
     for (unsigned i = 0; i < 4; i++) {
         struct end *e = &fx->ends[i];
         if (!strcmp(e->slot, "virt-01")) {
-            assert_string_equal(e->reason,
-                                "flash:system piece 1/5: flash: device replied FAIL: injected fault");
+            assert_string_equal(
+                e->reason, "flash:system piece 1/5: flash: device replied FAIL: injected fault");
         } else if (!strcmp(e->slot, "virt-02")) {
             /* boot (1 MiB) + piece 1 (1044532 bytes) went through; piece 2 did not */
             assert_string_equal(e->failed_step, "flash:system");

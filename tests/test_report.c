@@ -240,9 +240,22 @@ static const char *const reasons[] = {
  * sessions spread over 3 days, 4 slots and every result. */
 static void make_db(struct fx *fx)
 {
-    char *args[] = {"run", "--simulate", "6", "--exit-after", "6", "--pace", "0", "--seed", "1234",
-                    "--db", fx->db, "--fault", "2:fail=flash:system", "--fault",
-                    "4:disconnect=1500000", NULL};
+    char *args[] = {"run",
+                    "--simulate",
+                    "6",
+                    "--exit-after",
+                    "6",
+                    "--pace",
+                    "0",
+                    "--seed",
+                    "1234",
+                    "--db",
+                    fx->db,
+                    "--fault",
+                    "2:fail=flash:system",
+                    "--fault",
+                    "4:disconnect=1500000",
+                    NULL};
     assert_int_equal(run(fx, 60, args), 1);
 
     sqlite3 *c = db_rw(fx->db);
@@ -255,8 +268,8 @@ static void make_db(struct fx *fx)
                            " failed_step, reason, bytes) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            -1, &st, NULL),
         SQLITE_OK);
-    static const char *const results[] = {"PASS", "PASS", "PASS", "FAIL", "ABORTED", "SKIPPED",
-                                          "PASS", NULL};
+    static const char *const results[] = {"PASS",    "PASS",    "PASS", "FAIL",
+                                          "ABORTED", "SKIPPED", "PASS", NULL};
     for (int i = 0; i < 240; i++) {
         char slot[16], serial[32];
         const char *result = results[i % 8];
@@ -431,13 +444,18 @@ static void test_sql_in_filters_matches_nothing_changes_nothing(void **state)
     make_db(fx);
     char *before = fingerprint(fx->db);
 
-    const char *evil[] = {"x' OR 1=1 --", "' OR '1'='1", "\"; DROP TABLE sessions; --",
-                          "x'); DELETE FROM sessions; --", "%", "_", "*"};
+    const char *evil[] = {"x' OR 1=1 --",
+                          "' OR '1'='1",
+                          "\"; DROP TABLE sessions; --",
+                          "x'); DELETE FROM sessions; --",
+                          "%",
+                          "_",
+                          "*"};
     const char *opts[] = {"--serial", "--slot", "--recipe"};
     for (size_t i = 0; i < sizeof(evil) / sizeof(evil[0]); i++) {
         for (size_t o = 0; o < 3; o++) {
-            char *args[] = {"report", "--db", fx->db, (char *)opts[o], (char *)evil[i],
-                            "--format", "csv", NULL};
+            char *args[] = {"report",        "--db",     fx->db, (char *)opts[o],
+                            (char *)evil[i], "--format", "csv",  NULL};
             assert_int_equal(query(fx, "q.csv", args), 0);
             char *out = slurp(path_in(fx, "q.csv"));
             if (count_of(out, "\r\n") != 1)
@@ -532,8 +550,8 @@ static void test_stats_equal_independent_counts(void **state)
         python(fx, "stats.py", py_stats, a);
     }
     /* one day, as QA asks for it: ISO dates, until exclusive */
-    char *d[] = {"stats", "--db", fx->db, "--by", "slot", "--since", "2026-11-21", "--until",
-                 "2026-11-22", "--format", "csv", NULL};
+    char *d[] = {"stats",      "--db",    fx->db,       "--by",     "slot", "--since",
+                 "2026-11-21", "--until", "2026-11-22", "--format", "csv",  NULL};
     assert_int_equal(query(fx, "d.csv", d), 0);
     snprintf(a, sizeof(a), "'%s' '%s' slot %lld %lld", path_in(fx, "d.csv"), fx->db,
              (long long)(T0 + DAY), (long long)(T0 + 2 * DAY));
@@ -553,8 +571,10 @@ static void test_time_filters(void **state)
     sqlite3 *c = db_rw(fx->db);
     char sql[300];
     /* the 2nd synthetic day, three spellings of the same bounds */
-    snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM sessions WHERE started_ms >= %lld AND"
-                               " started_ms < %lld", (long long)(T0 + DAY), (long long)(T0 + 2 * DAY));
+    snprintf(sql, sizeof(sql),
+             "SELECT COUNT(*) FROM sessions WHERE started_ms >= %lld AND"
+             " started_ms < %lld",
+             (long long)(T0 + DAY), (long long)(T0 + 2 * DAY));
     long long want = q_int(c, sql);
     assert_true(want > 10);
     const char *spell[][2] = {
@@ -563,8 +583,16 @@ static void test_time_filters(void **state)
         {"1795219200", "1795305600"},
     };
     for (int i = 0; i < 3; i++) {
-        char *args[] = {"report", "--db", fx->db, "--since", (char *)spell[i][0], "--until",
-                        (char *)spell[i][1], "--format", "csv", NULL};
+        char *args[] = {"report",
+                        "--db",
+                        fx->db,
+                        "--since",
+                        (char *)spell[i][0],
+                        "--until",
+                        (char *)spell[i][1],
+                        "--format",
+                        "csv",
+                        NULL};
         assert_int_equal(query(fx, "q.csv", args), 0);
         char *out = slurp(path_in(fx, "q.csv"));
         /* records end in CRLF; reasons hold no CRLF in PASS rows only, so
@@ -573,11 +601,12 @@ static void test_time_filters(void **state)
         free(out);
     }
     /* --slot and --result narrow further; --recipe too */
-    snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM sessions WHERE slot = 'slot-B' AND"
-                               " result = 'PASS' AND recipe = 'phone'");
+    snprintf(sql, sizeof(sql),
+             "SELECT COUNT(*) FROM sessions WHERE slot = 'slot-B' AND"
+             " result = 'PASS' AND recipe = 'phone'");
     want = q_int(c, sql);
-    char *args[] = {"report", "--db", fx->db, "--slot", "slot-B", "--result", "pass", "--recipe",
-                    "phone", "--format", "csv", NULL};
+    char *args[] = {"report", "--db",     fx->db,  "--slot",   "slot-B", "--result",
+                    "pass",   "--recipe", "phone", "--format", "csv",    NULL};
     assert_int_equal(query(fx, "q.csv", args), 0);
     char *out = slurp(path_in(fx, "q.csv"));
     assert_int_equal(count_of(out, ",slot-B,"), want);
@@ -599,12 +628,13 @@ static void test_history_lists_steps(void **state)
     assert_int_equal(query(fx, "h.csv", h), 0);
     char *out = slurp(path_in(fx, "h.csv"));
     static const char *const steps[] = {",getvar:product,PASS,", ",getvar:serialno,PASS,",
-                                        ",flash:boot,PASS,", ",flash:system,PASS,", ",reboot,PASS,"};
+                                        ",flash:boot,PASS,", ",flash:system,PASS,",
+                                        ",reboot,PASS,"};
     for (int i = 0; i < 5; i++)
         if (count_of(out, steps[i]) != 1)
             fail_msg("history lacks %s:\n%s", steps[i], out);
     assert_int_equal(count_of(out, "\r\n"), 6); /* header + 5 steps */
-    assert_non_null(strstr(out, "boot=")); /* image hashes */
+    assert_non_null(strstr(out, "boot="));      /* image hashes */
     free(out);
 
     char *t[] = {"history", failed, "--db", fx->db, NULL};
@@ -677,9 +707,12 @@ static void test_bad_values_exit_2(void **state)
     expect_in(fx->err, "not a station database");
     char *newer = path_in(fx, "newer.db");
     assert_int_equal(sqlite3_open(newer, &c), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(c, "CREATE TABLE sessions(x); CREATE TABLE steps(x);"
-                                     " CREATE TABLE images(x); CREATE TABLE session_images(x);"
-                                     " PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(c,
+                                  "CREATE TABLE sessions(x); CREATE TABLE steps(x);"
+                                  " CREATE TABLE images(x); CREATE TABLE session_images(x);"
+                                  " PRAGMA user_version = 99",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
     sqlite3_close(c);
     char *a14[] = {"report", "--db", newer, NULL};
     expect_usage(fx, a14, newer);
@@ -699,8 +732,8 @@ static void test_several_databases_at_once(void **state)
     make_db(fx);
     /* a second line, its file name holding a quote */
     char *second = path_in(fx, "line o'two.db");
-    char *args[] = {"run", "--simulate", "3", "--exit-after", "3", "--pace", "0", "--db", second,
-                    NULL};
+    char *args[] = {"run",    "--simulate", "3",    "--exit-after", "3",
+                    "--pace", "0",          "--db", second,         NULL};
     assert_int_equal(run(fx, 60, args), 0);
 
     sqlite3 *c = db_rw(fx->db);
@@ -717,8 +750,8 @@ static void test_several_databases_at_once(void **state)
     assert_int_equal(count_of(out, label), 3);
     free(out);
 
-    char *s[] = {"stats", "--db", fx->db, "--db", second, "--by", "recipe", "--format", "json",
-                 NULL};
+    char *s[] = {"stats", "--db",   fx->db,     "--db", second,
+                 "--by",  "recipe", "--format", "json", NULL};
     assert_int_equal(query(fx, "s.json", s), 0);
     char a[900], py[600];
     snprintf(py, sizeof(py),
@@ -736,8 +769,8 @@ static void test_readers_never_block_the_station(void **state)
 {
     struct fx *fx = *state;
     /* a station that keeps recording: 8 slow units replugged forever */
-    char *args[] = {"run", "--simulate", "8", "--pace", "20", "--replug-ms", "50", "--db", fx->db,
-                    NULL};
+    char *args[] = {"run",         "--simulate", "8",    "--pace", "20",
+                    "--replug-ms", "50",         "--db", fx->db,   NULL};
     pid_t pid = spawn_to(fx, fx->out, args);
     struct timespec ts = {0, 100 * 1000 * 1000};
     int passes = 0;
@@ -816,8 +849,8 @@ static void test_v1_file_is_read_then_migrated(void **state)
     assert_int_equal(q_int(c, "PRAGMA user_version"), 1);
     sqlite3_close(c);
     /* the station migrates it and goes on numbering after it */
-    char *args[] = {"run", "--simulate", "1", "--exit-after", "1", "--pace", "0", "--db", fx->db,
-                    NULL};
+    char *args[] = {"run",    "--simulate", "1",    "--exit-after", "1",
+                    "--pace", "0",          "--db", fx->db,         NULL};
     assert_int_equal(run(fx, 60, args), 0);
     c = db_rw(fx->db);
     assert_int_equal(q_int(c, "PRAGMA user_version"), DB_SCHEMA_VERSION);
@@ -831,8 +864,8 @@ static void test_v1_file_is_read_then_migrated(void **state)
 static void test_serial_policy_skip_fail_reflash(void **state)
 {
     struct fx *fx = *state;
-    char *first[] = {"run", "--simulate", "2", "--exit-after", "2", "--pace", "0", "--seed",
-                     "4242", "--db", fx->db, NULL};
+    char *first[] = {"run", "--simulate", "2",    "--exit-after", "2",    "--pace",
+                     "0",   "--seed",     "4242", "--db",         fx->db, NULL};
     assert_int_equal(run(fx, 60, first), 0);
 
     /* default policy: skip; nothing is written to the units */
@@ -856,8 +889,9 @@ static void test_serial_policy_skip_fail_reflash(void **state)
     sqlite3_close(c);
 
     /* fail: FAIL with a reason naming serial, recipe and date; exit 1 */
-    char *fail[] = {"run", "--simulate", "2", "--exit-after", "2", "--pace", "0", "--seed",
-                    "4242", "--db", fx->db, "--serial-policy", "fail", NULL};
+    char *fail[] = {"run",  "--simulate", "2",    "--exit-after", "2",    "--pace",
+                    "0",    "--seed",     "4242", "--db",         fx->db, "--serial-policy",
+                    "fail", NULL};
     assert_int_equal(run(fx, 60, fail), 1);
     c = db_rw(fx->db);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'FAIL' AND"
@@ -868,8 +902,9 @@ static void test_serial_policy_skip_fail_reflash(void **state)
     expect_in(fx->out, " already passed demo-phone 1.0 on ");
 
     /* reflash: flashed again */
-    char *again[] = {"run", "--simulate", "2", "--exit-after", "2", "--pace", "0", "--seed",
-                     "4242", "--db", fx->db, "--serial-policy", "reflash", NULL};
+    char *again[] = {"run",     "--simulate", "2",    "--exit-after", "2",    "--pace",
+                     "0",       "--seed",     "4242", "--db",         fx->db, "--serial-policy",
+                     "reflash", NULL};
     assert_int_equal(run(fx, 60, again), 0);
     c = db_rw(fx->db);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS' AND"
@@ -878,8 +913,8 @@ static void test_serial_policy_skip_fail_reflash(void **state)
     sqlite3_close(c);
 
     /* a different seed: new serials, flashed normally */
-    char *fresh[] = {"run", "--simulate", "2", "--exit-after", "2", "--pace", "0", "--seed",
-                     "4343", "--db", fx->db, NULL};
+    char *fresh[] = {"run", "--simulate", "2",    "--exit-after", "2",    "--pace",
+                     "0",   "--seed",     "4343", "--db",         fx->db, NULL};
     assert_int_equal(run(fx, 60, fresh), 0);
     out = slurp(fx->out);
     assert_int_equal(count_of(out, " PASS "), 2);
@@ -907,7 +942,7 @@ struct ip {
     struct ip_unit units[3];
     unsigned n_units;
     bool loaded, engine_closed, db_stopped;
-    bool defer_verdict;     /* answer no serial_check (abort-while-waiting test) */
+    bool defer_verdict; /* answer no serial_check (abort-while-waiting test) */
     unsigned checks;
     int ended;
     char results[3][16];
@@ -921,8 +956,11 @@ static void ip_on_event(const struct eng_event *ev, void *user_data)
     struct ip *ip = user_data;
     if (ev->type == ENG_EV_SESSION_BEGIN) {
         st_serials_begin(ip->serials, ev->session_id, ev->slot);
-        struct db_session_begin b = {.id = ev->session_id, .slot = ev->slot, .port = ev->port,
-                                     .recipe = ev->recipe, .recipe_version = ev->recipe_version,
+        struct db_session_begin b = {.id = ev->session_id,
+                                     .slot = ev->slot,
+                                     .port = ev->port,
+                                     .recipe = ev->recipe,
+                                     .recipe_version = ev->recipe_version,
                                      .started_ms = ev->t_ms};
         assert_int_equal(db_session_begin(ip->db, &b), 0);
     } else if (ev->type == ENG_EV_SESSION_END) {
@@ -933,9 +971,12 @@ static void ip_on_event(const struct eng_event *ev, void *user_data)
                  ev->result == ENG_RESULT_SKIPPED ? "SKIPPED" : eng_result_name(ev->result));
         snprintf(ip->reasons[k], sizeof(ip->reasons[k]), "%s", ev->text ? ev->text : "");
         snprintf(ip->slots[k], sizeof(ip->slots[k]), "%s", ev->slot);
-        struct db_session_end e = {.id = ev->session_id, .serial = ev->serial,
-                                   .ended_ms = ev->t_ms, .result = ip->results[k],
-                                   .reason = ev->text, .failed_step = ev->failed_step};
+        struct db_session_end e = {.id = ev->session_id,
+                                   .serial = ev->serial,
+                                   .ended_ms = ev->t_ms,
+                                   .result = ip->results[k],
+                                   .reason = ev->text,
+                                   .failed_step = ev->failed_step};
         assert_int_equal(db_session_end(ip->db, &e, NULL, NULL), 0);
     }
 }

@@ -157,17 +157,19 @@ static void demo_sha256(uint64_t size, uint32_t seed, char hex[65])
 static void test_sixteen_pass_in_parallel(void **state)
 {
     struct fx *fx = *state;
-    char *args[] = {"run", "--simulate", "16", "--headless", "--exit-after", "16", "--db",
-                    fx->db, NULL};
+    char *args[] = {"run", "--simulate", "16",   "--headless", "--exit-after",
+                    "16",  "--db",       fx->db, NULL};
     assert_int_equal(run(fx, 120, args), 0);
     sqlite3 *c = db_peek(fx);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions"), 16);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 16);
     assert_int_equal(q_int(c, "SELECT COUNT(DISTINCT serial) FROM sessions"), 16);
     assert_int_equal(q_int(c, "SELECT COUNT(DISTINCT slot) FROM sessions"), 16);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE serial IS NULL OR serial=''"), 0);
+    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE serial IS NULL OR serial=''"),
+                     0);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE recipe='demo-phone' AND "
-                              "recipe_version='1.0'"), 16);
+                              "recipe_version='1.0'"),
+                     16);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE bytes=5242880"), 16);
     /* They really ran at once: every session started before any ended. */
     assert_true(q_int(c, "SELECT MAX(started_ms) < MIN(ended_ms) FROM sessions"));
@@ -200,9 +202,21 @@ static void test_sixteen_pass_in_parallel(void **state)
 static void test_three_faults_fail_only_their_sessions(void **state)
 {
     struct fx *fx = *state;
-    char *args[] = {"run", "--simulate", "16", "--headless", "--exit-after", "16", "--db", fx->db,
-                    "--fault", "3:fail=flash:system", "--fault", "7:disconnect=2097152",
-                    "--fault", "11:silent=getvar:product", NULL};
+    char *args[] = {"run",
+                    "--simulate",
+                    "16",
+                    "--headless",
+                    "--exit-after",
+                    "16",
+                    "--db",
+                    fx->db,
+                    "--fault",
+                    "3:fail=flash:system",
+                    "--fault",
+                    "7:disconnect=2097152",
+                    "--fault",
+                    "11:silent=getvar:product",
+                    NULL};
     time_t t0 = time(NULL);
     assert_int_equal(run(fx, 60, args), 1);
     assert_true(time(NULL) - t0 < 30);
@@ -213,8 +227,8 @@ static void test_three_faults_fail_only_their_sessions(void **state)
     assert_string_equal(r, "flash:system: flash: device replied FAIL: injected fault");
     free(r);
     r = q_text(c, "SELECT reason FROM sessions WHERE slot='virt-07'");
-    assert_string_equal(r,
-                        "flash:system: download: device disconnected after 1048576 of 4194304 bytes");
+    assert_string_equal(
+        r, "flash:system: download: device disconnected after 1048576 of 4194304 bytes");
     free(r);
     r = q_text(c, "SELECT reason FROM sessions WHERE slot='virt-11'");
     assert_string_equal(r, "getvar:product: no reply within 5 s");
@@ -236,12 +250,13 @@ static void test_wrong_product_is_never_written(void **state)
     /* The getvar product check runs before any download: a FAIL on
      * "download" would show if the station had sent one. */
     struct fx *fx = *state;
-    char *args[] = {"run", "--simulate", "2", "--exit-after", "2", "--db", fx->db, "--pace", "0",
-                    "--fault", "2:fail=getvar:product", NULL};
+    char *args[] = {"run",    "--simulate", "2",       "--exit-after",          "2", "--db", fx->db,
+                    "--pace", "0",          "--fault", "2:fail=getvar:product", NULL};
     assert_int_equal(run(fx, 60, args), 1);
     sqlite3 *c = db_peek(fx);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM steps JOIN sessions ON id=session_id "
-                              "WHERE slot='virt-02'"), 1);
+                              "WHERE slot='virt-02'"),
+                     1);
     assert_int_equal(q_int(c, "SELECT bytes FROM sessions WHERE slot='virt-02'"), 0);
     sqlite3_close(c);
 }
@@ -293,8 +308,8 @@ static void test_image_file_is_flashed_and_hashed(void **state)
         fputc((i * 7) & 0xff, f);
     fclose(f);
     snprintf(arg, sizeof(arg), "boot=%s", path);
-    char *args[] = {"run", "--simulate", "2", "--exit-after", "2", "--db", fx->db, "--pace", "0",
-                    "--image", arg, NULL};
+    char *args[] = {"run",  "--simulate", "2", "--exit-after", "2", "--db",
+                    fx->db, "--pace",     "0", "--image",      arg, NULL};
     assert_int_equal(run(fx, 60, args), 0);
     sqlite3 *c = db_peek(fx);
     char sql[600];
@@ -329,8 +344,8 @@ static void test_sigterm_records_aborted_and_crash_is_recovered(void **state)
     c = db_peek(fx);
     assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms IS NULL"), 4);
     sqlite3_close(c);
-    char *args2[] = {"run", "--simulate", "1", "--exit-after", "1", "--pace", "0", "--db", fx->db,
-                     NULL};
+    char *args2[] = {"run",    "--simulate", "1",    "--exit-after", "1",
+                     "--pace", "0",          "--db", fx->db,         NULL};
     assert_int_equal(run(fx, 60, args2), 0);
     char *out = slurp(fx->out);
     assert_non_null(strstr(out, "recovered 4 interrupted session(s) as ABORTED"));
@@ -353,10 +368,23 @@ static void test_clean_under_valgrind(void **state)
     if (system("command -v valgrind >/dev/null 2>&1") != 0) {
         fail_msg("valgrind is not installed (scripts/setup.sh installs it)");
     }
-    char *args[] = {"run", "--simulate", "4", "--exit-after", "4", "--pace", "0", "--db", fx->db,
-                    "--fault", "2:disconnect=1500000", "--fault", "3:fail=flash:boot", NULL};
-    pid_t pid = spawn(fx, "valgrind -q --error-exitcode=99 --leak-check=full "
-                          "--errors-for-leak-kinds=definite,indirect,possible",
+    char *args[] = {"run",
+                    "--simulate",
+                    "4",
+                    "--exit-after",
+                    "4",
+                    "--pace",
+                    "0",
+                    "--db",
+                    fx->db,
+                    "--fault",
+                    "2:disconnect=1500000",
+                    "--fault",
+                    "3:fail=flash:boot",
+                    NULL};
+    pid_t pid = spawn(fx,
+                      "valgrind -q --error-exitcode=99 --leak-check=full "
+                      "--errors-for-leak-kinds=definite,indirect,possible",
                       args);
     int rc = wait_exit(pid, 240);
     if (rc != 1) {
@@ -370,7 +398,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sixteen_pass_in_parallel, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_three_faults_fail_only_their_sessions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_three_faults_fail_only_their_sessions, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_wrong_product_is_never_written, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_input_exits_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_file_is_flashed_and_hashed, setup, teardown),

@@ -32,22 +32,22 @@
 
 enum ui_slot_state {
     UI_SLOT_EMPTY,
-    UI_SLOT_WAITING,  /* device present, intake paused */
+    UI_SLOT_WAITING, /* device present, intake paused */
     UI_SLOT_WORKING,
-    UI_SLOT_SAVING,   /* result known, record not yet committed */
+    UI_SLOT_SAVING, /* result known, record not yet committed */
     UI_SLOT_PASS,
     UI_SLOT_FAIL,
     UI_SLOT_ABORTED,
-    UI_SLOT_PRESENT,  /* device present, no session yet (images still loading) */
-    UI_SLOT_SKIPPED,  /* committed as neither PASS, FAIL nor ABORTED (serial already done) */
+    UI_SLOT_PRESENT, /* device present, no session yet (images still loading) */
+    UI_SLOT_SKIPPED, /* committed as neither PASS, FAIL nor ABORTED (serial already done) */
 };
 
 /* One step of a slot's session, for the detail view. */
 struct ui_step {
     char name[40];
     int64_t started_ms;
-    int64_t ended_ms;         /* 0 while the step runs */
-    enum eng_result result;   /* ENG_RESULT_NONE while it runs */
+    int64_t ended_ms;       /* 0 while the step runs */
+    enum eng_result result; /* ENG_RESULT_NONE while it runs */
     uint64_t bytes;
     char detail[UI_TEXT_MAX]; /* reply or failure detail */
 };
@@ -58,25 +58,25 @@ struct ui_slot {
     char serial[64];
     char step[96];
     char failed_step[48];
-    char reason[256];         /* full failure reason (FAIL / ABORTED) */
+    char reason[256]; /* full failure reason (FAIL / ABORTED) */
     enum ui_slot_state state;
     int64_t session_id;
     unsigned step_index, step_count;
     uint64_t bytes_done, bytes_total; /* within the current transfer */
-    uint64_t bytes_before;    /* bytes of this session's finished steps */
-    uint64_t session_total;   /* the recipe's image bytes: 100 % */
-    uint64_t session_bytes;   /* bytes written when the session ended */
-    double rate_bps;          /* current transfer rate, 0 when not transferring */
-    int64_t rate_t_ms;        /* last rate sample */
+    uint64_t bytes_before;            /* bytes of this session's finished steps */
+    uint64_t session_total;           /* the recipe's image bytes: 100 % */
+    uint64_t session_bytes;           /* bytes written when the session ended */
+    double rate_bps;                  /* current transfer rate, 0 when not transferring */
+    int64_t rate_t_ms;                /* last rate sample */
     uint64_t rate_bytes;
-    int last_pct_bucket;      /* headless prints progress at 25 % steps */
-    int64_t started_ms;       /* session start, 0 when none yet */
-    int64_t ended_ms;         /* session end, 0 while it runs */
+    int last_pct_bucket; /* headless prints progress at 25 % steps */
+    int64_t started_ms;  /* session start, 0 when none yet */
+    int64_t ended_ms;    /* session end, 0 while it runs */
     struct ui_step steps[UI_STEPS_MAX];
-    unsigned n_steps;         /* entries used in steps[] */
-    unsigned steps_dropped;   /* older steps no longer kept */
+    unsigned n_steps;       /* entries used in steps[] */
+    unsigned steps_dropped; /* older steps no longer kept */
     char info[UI_INFO_MAX][UI_TEXT_MAX];
-    unsigned n_info;          /* INFO lines seen this session (ring index) */
+    unsigned n_info; /* INFO lines seen this session (ring index) */
 };
 
 enum ui_note_kind {
@@ -94,11 +94,11 @@ struct ui_note {
 };
 
 struct ui_model {
-    struct ui_slot *slots;    /* sorted by name (natural order: virt-2 < virt-10) */
+    struct ui_slot *slots; /* sorted by name (natural order: virt-2 < virt-10) */
     unsigned n_slots, cap_slots;
     /* committed results since start: equal to the database's */
     unsigned passed, failed, aborted, skipped;
-    unsigned in_progress;     /* sessions begun and not yet ended */
+    unsigned in_progress; /* sessions begun and not yet ended */
     bool db_error, paused, stopping;
     bool dirty;
     char station[64], recipe[64], recipe_version[32];
@@ -111,7 +111,7 @@ struct ui_model {
     unsigned minute_count[UI_UPH_MINUTES];
     /* recent events, a ring */
     struct ui_note notes[UI_NOTES_MAX];
-    unsigned n_notes;         /* notes ever added */
+    unsigned n_notes; /* notes ever added */
 };
 
 void ui_model_init(struct ui_model *m);

@@ -45,36 +45,36 @@ enum ui_screen {
 };
 
 enum ui_layout_kind {
-    UI_LAYOUT_TILES,   /* one tile of UI_TILE_LINES lines per slot */
-    UI_LAYOUT_LINES,   /* one line per slot */
+    UI_LAYOUT_TILES, /* one tile of UI_TILE_LINES lines per slot */
+    UI_LAYOUT_LINES, /* one line per slot */
     UI_LAYOUT_TOO_SMALL,
 };
 
 #define UI_MIN_COLS 40
 #define UI_MIN_LINES 10
-#define UI_TILE_MIN_W 28  /* cell width, one column of it a gap */
+#define UI_TILE_MIN_W 28 /* cell width, one column of it a gap */
 #define UI_TILE_LINES 4
 #define UI_LINE_MIN_W 60
 #define UI_HEADER_LINES 2
 
 struct ui_layout {
-    int cols, lines;     /* the terminal */
+    int cols, lines; /* the terminal */
     enum ui_layout_kind kind;
-    int footer_events;   /* event lines above the keys line */
-    int grid_y, grid_h;  /* rows of the slot area */
-    int per_row;         /* slots side by side */
-    int cell_w, cell_h;  /* a slot's cell, gaps included */
-    int rows_visible;    /* rows of cells that fit in grid_h */
-    unsigned n_rows;     /* rows of cells for every slot */
+    int footer_events;  /* event lines above the keys line */
+    int grid_y, grid_h; /* rows of the slot area */
+    int per_row;        /* slots side by side */
+    int cell_w, cell_h; /* a slot's cell, gaps included */
+    int rows_visible;   /* rows of cells that fit in grid_h */
+    unsigned n_rows;    /* rows of cells for every slot */
 };
 
 struct ui_view {
     struct ui_layout lay;
     enum ui_screen screen;
-    unsigned sel;        /* selected slot index */
-    unsigned top_row;    /* first row of cells shown */
-    int detail_top;      /* first line of the detail screen shown */
-    bool read_only;      /* `station watch`: q quits at once, p does nothing */
+    unsigned sel;     /* selected slot index */
+    unsigned top_row; /* first row of cells shown */
+    int detail_top;   /* first line of the detail screen shown */
+    bool read_only;   /* `station watch`: q quits at once, p does nothing */
 };
 
 /* Compute the layout for a cols x lines terminal and n slots, and keep the

@@ -15,12 +15,12 @@ enum pos_action { ACT_NONE, ACT_PLUG, ACT_REATTACH, ACT_PULL };
 
 struct unit {
     struct eng_vfb *dev;
-    struct eng_vdfu *ddev;   /* a DFU rack's unit (dev is then NULL) */
+    struct eng_vdfu *ddev; /* a DFU rack's unit (dev is then NULL) */
     struct pos *pos;
     struct eng_transport *t; /* attached transport, NULL when away */
     unsigned open_transports;
-    bool retired;            /* pulled from the rack: free once transports close */
-    struct unit *next;       /* all units, for eng_rack_free() */
+    bool retired;      /* pulled from the rack: free once transports close */
+    struct unit *next; /* all units, for eng_rack_free() */
 };
 
 struct pos {
@@ -29,8 +29,8 @@ struct pos {
     char port[16];
     uv_timer_t timer;
     enum pos_action action;
-    struct unit *unit;       /* the unit in this position, or NULL */
-    unsigned plugged;        /* units plugged here so far */
+    struct unit *unit; /* the unit in this position, or NULL */
+    unsigned plugged;  /* units plugged here so far */
     unsigned n_faults;
     char faults[MAX_FAULTS_PER_POSITION][80];
 };
@@ -272,8 +272,8 @@ int eng_rack_add_fault(struct eng_rack *rack, unsigned position, const char *spe
     memset(&dprobe, 0, sizeof(dprobe));
     if (position < 1 || position > rack->opts.count)
         return ST_ERANGE;
-    int bad = rack->opts.dfu ? eng_vdfu_parse_fault(&dprobe, spec)
-                             : eng_vfb_parse_fault(&probe, spec);
+    int bad =
+        rack->opts.dfu ? eng_vdfu_parse_fault(&dprobe, spec) : eng_vfb_parse_fault(&probe, spec);
     if (bad != 0 || strlen(spec) >= 80)
         return ST_EINVAL;
     struct pos *p = &rack->pos[position - 1];

@@ -50,7 +50,7 @@ struct eng_rack_options {
     bool dfu;
     const struct eng_vdfu_config *dfu_config; /* copied per unit (serial and mode set
                                                  per unit); NULL = the model's defaults */
-    double runtime_share;      /* 0..1 of positions start in run-time mode */
+    double runtime_share;                     /* 0..1 of positions start in run-time mode */
 };
 
 int eng_rack_new(uv_loop_t *loop, struct eng_engine *eng, const struct eng_rack_options *opts,

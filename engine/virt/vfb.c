@@ -32,7 +32,7 @@ struct eng_vfb {
     bool in_data;
     uint64_t data_expected, data_got;
     XXH3_state_t *hash;
-    bool staged;          /* a complete download waits for flash */
+    bool staged; /* a complete download waits for flash */
     uint64_t staged_size, staged_hash;
     uint8_t *staged_data; /* keep_data: the download's bytes */
     bool staged_sparse;   /* the download starts with the sparse magic */
@@ -185,9 +185,11 @@ static bool getvar_value(struct eng_vfb *d, const char *name, char *out, size_t 
     else if (!strcmp(name, "slot-count"))
         snprintf(out, len, "2");
     else if (!strncmp(name, "has-slot:", 9))
-        snprintf(out, len, "%s", d->cfg.ab_slots && strcmp(name + 9, "userdata") &&
-                                         strcmp(name + 9, "metadata") && strcmp(name + 9, "misc")
-                                     ? "yes" : "no");
+        snprintf(out, len, "%s",
+                 d->cfg.ab_slots && strcmp(name + 9, "userdata") && strcmp(name + 9, "metadata") &&
+                         strcmp(name + 9, "misc")
+                     ? "yes"
+                     : "no");
     else
         return false;
     return true;
@@ -195,9 +197,10 @@ static bool getvar_value(struct eng_vfb *d, const char *name, char *out, size_t 
 
 static void do_getvar_all(struct eng_vfb *d)
 {
-    static const char *const vars[] = {"product", "serialno", "max-download-size",
-                                       "version-bootloader", "version-baseband", "version",
-                                       "is-userspace", "secure", "current-slot", "slot-count"};
+    static const char *const vars[] = {
+        "product",          "serialno",  "max-download-size", "version-bootloader",
+        "version-baseband", "version",   "is-userspace",      "secure",
+        "current-slot",     "slot-count"};
     char val[200];
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
         getvar_value(d, vars[i], val, sizeof(val));
@@ -215,7 +218,8 @@ static void do_command(struct eng_vfb *d, const char *cmd)
         return;
     }
     if (prefix(cmd, d->cfg.garbage_on)) {
-        static const char junk[] = "\x01\x7f" "ZQ\xff garbage";
+        static const char junk[] = "\x01\x7f"
+                                   "ZQ\xff garbage";
         push_reply_bytes(d, junk, sizeof(junk) - 1);
         return;
     }
@@ -400,8 +404,14 @@ size_t eng_vfb_host_read(struct eng_vfb *d, void *buf, size_t cap)
     return r->len;
 }
 
-bool eng_vfb_gone(const struct eng_vfb *d) { return d->gone; }
-bool eng_vfb_silent(const struct eng_vfb *d) { return d->silent; }
+bool eng_vfb_gone(const struct eng_vfb *d)
+{
+    return d->gone;
+}
+bool eng_vfb_silent(const struct eng_vfb *d)
+{
+    return d->silent;
+}
 
 void eng_vfb_reset_link(struct eng_vfb *d)
 {
@@ -422,8 +432,14 @@ bool eng_vfb_take_reenumerate(struct eng_vfb *d)
     return r;
 }
 
-bool eng_vfb_in_data_phase(const struct eng_vfb *d) { return d->in_data; }
-const struct eng_vfb_config *eng_vfb_config(const struct eng_vfb *d) { return &d->cfg; }
+bool eng_vfb_in_data_phase(const struct eng_vfb *d)
+{
+    return d->in_data;
+}
+const struct eng_vfb_config *eng_vfb_config(const struct eng_vfb *d)
+{
+    return &d->cfg;
+}
 
 const struct eng_vfb_part *eng_vfb_parts(const struct eng_vfb *d, unsigned *n)
 {
@@ -431,10 +447,22 @@ const struct eng_vfb_part *eng_vfb_parts(const struct eng_vfb *d, unsigned *n)
     return d->parts;
 }
 
-unsigned eng_vfb_writes(const struct eng_vfb *d) { return d->writes; }
-uint64_t eng_vfb_bytes_received(const struct eng_vfb *d) { return d->bytes_total; }
-const char *eng_vfb_active_slot(const struct eng_vfb *d) { return d->active_slot; }
-unsigned eng_vfb_command_count(const struct eng_vfb *d) { return d->commands; }
+unsigned eng_vfb_writes(const struct eng_vfb *d)
+{
+    return d->writes;
+}
+uint64_t eng_vfb_bytes_received(const struct eng_vfb *d)
+{
+    return d->bytes_total;
+}
+const char *eng_vfb_active_slot(const struct eng_vfb *d)
+{
+    return d->active_slot;
+}
+unsigned eng_vfb_command_count(const struct eng_vfb *d)
+{
+    return d->commands;
+}
 
 /* Android sparse format (shared/notes/fastboot.md): a 28-byte file
  * header, then chunks with a 12-byte header each. Little-endian. */

@@ -23,19 +23,19 @@
 
 struct eng_vfb_config {
     char serial[64];
-    char usb_serial[64];       /* iSerial on the USB side; empty = same as serial */
+    char usb_serial[64]; /* iSerial on the USB side; empty = same as serial */
     char product[32];
     char version_bootloader[32];
-    uint64_t max_download;     /* bytes; 0 means 256 MiB */
-    double pace_mbps;          /* transfer pace in MB/s for transports; 0 = unpaced */
-    unsigned info_lines;       /* INFO lines sent before each flash OKAY */
-    bool ab_slots;             /* partitions have _a/_b copies (has-slot: yes) */
-    bool keep_data;            /* keep partition bytes (tests; costs memory) */
+    uint64_t max_download; /* bytes; 0 means 256 MiB */
+    double pace_mbps;      /* transfer pace in MB/s for transports; 0 = unpaced */
+    unsigned info_lines;   /* INFO lines sent before each flash OKAY */
+    bool ab_slots;         /* partitions have _a/_b copies (has-slot: yes) */
+    bool keep_data;        /* keep partition bytes (tests; costs memory) */
     /* Faults. A prefix matches a command that starts with it. */
-    char fail_on[64];          /* reply "FAIL injected fault" */
-    char silent_on[64];        /* stop answering from this command on */
-    char garbage_on[64];       /* reply bytes that are not a fastboot reply */
-    char oversize_on[64];      /* reply with more than 256 bytes */
+    char fail_on[64];     /* reply "FAIL injected fault" */
+    char silent_on[64];   /* stop answering from this command on */
+    char garbage_on[64];  /* reply bytes that are not a fastboot reply */
+    char oversize_on[64]; /* reply with more than 256 bytes */
     bool disconnect_enabled;
     uint64_t disconnect_after; /* leave after this many data bytes in total */
 };
@@ -43,11 +43,11 @@ struct eng_vfb_config {
 struct eng_vfb_part {
     char name[32];
     uint64_t size;
-    uint64_t hash;     /* XXH3-64 of the bytes written (raw downloads only) */
+    uint64_t hash; /* XXH3-64 of the bytes written (raw downloads only) */
     bool erased;
-    bool sparse;       /* last written from Android sparse pieces */
-    unsigned pieces;   /* sparse pieces written since the last raw write */
-    uint8_t *data;     /* keep_data: the partition's content (size bytes) */
+    bool sparse;     /* last written from Android sparse pieces */
+    unsigned pieces; /* sparse pieces written since the last raw write */
+    uint8_t *data;   /* keep_data: the partition's content (size bytes) */
 };
 
 struct eng_vfb;

@@ -59,7 +59,7 @@ struct sim_port {
     bool dfu;
     struct eng_vdfu_config dcfg; /* serial here is the base serial */
     bool keep;                   /* --stats also dumps each alt's memory */
-    unsigned units;            /* units made for this port so far */
+    unsigned units;              /* units made for this port so far */
     /* state, main thread (read under the lock elsewhere) */
     struct sim_node *node; /* present enumeration, or NULL */
     struct sim_unit *unit; /* last unit plugged here */
