@@ -979,6 +979,10 @@ int st_run(const struct st_run_options *o)
                     : cs      ? cs->seed
                               : 0,
             .profile = profile,
+            /* Nobody reads the simulated partitions' hashes here, and the
+             * models share the station's loop: hashing would be their CPU
+             * counted as the station's. */
+            .no_hash = true,
         };
         if (st->cfg && st->cfg->profiles[profile].protocol == CFG_PROTO_DFU) {
             errorf(st, "--simulate: profile %s is DFU; the simulated rack serves fastboot devices",

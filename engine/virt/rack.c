@@ -163,6 +163,7 @@ static int plug_new_unit(struct eng_rack *rack, struct pos *p)
     cfg.info_lines = rack->opts.info_lines;
     cfg.ab_slots = rack->opts.ab_slots;
     cfg.keep_data = rack->opts.keep_data;
+    cfg.no_hash = rack->opts.no_hash;
     if (rack->opts.product)
         snprintf(cfg.product, sizeof(cfg.product), "%s", rack->opts.product);
     if (p->plugged == 0)

@@ -43,6 +43,7 @@ struct eng_rack_options {
     unsigned info_lines;       /* INFO lines per flash */
     bool ab_slots;             /* devices have A/B partitions */
     bool keep_data;            /* devices keep partition bytes (tests) */
+    bool no_hash;              /* devices skip hashing what they receive */
     const char *product;       /* getvar product; NULL = "simphone" */
     uint32_t seed;             /* serial numbers */
     unsigned profile;          /* engine profile of the rack's devices */

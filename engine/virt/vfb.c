@@ -351,7 +351,8 @@ int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *
             take = (size_t)(d->cfg.disconnect_after - d->bytes_total);
             leave = true;
         }
-        XXH3_64bits_update(d->hash, data, take);
+        if (!d->cfg.no_hash)
+            XXH3_64bits_update(d->hash, data, take);
         if (d->staged_data)
             memcpy(d->staged_data + d->data_got, data, take);
         for (uint64_t i = d->data_got; i < sizeof(d->first) && i - d->data_got < take; i++)

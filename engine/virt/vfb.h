@@ -31,6 +31,9 @@ struct eng_vfb_config {
     unsigned info_lines;   /* INFO lines sent before each flash OKAY */
     bool ab_slots;         /* partitions have _a/_b copies (has-slot: yes) */
     bool keep_data;        /* keep partition bytes (tests; costs memory) */
+    bool no_hash;          /* skip hashing the bytes received (part hash stays 0):
+                              a model inside the station's process, where the
+                              hash would be the model's CPU, not a device's */
     /* Faults. A prefix matches a command that starts with it. */
     char fail_on[64];     /* reply "FAIL injected fault" */
     char silent_on[64];   /* stop answering from this command on */
