@@ -46,8 +46,8 @@ struct bench {
 };
 
 static const struct eng_image_info images[] = {
-    {"boot", "(demo)", "", 1u << 20},
-    {"system", "(demo)", "", 4u << 20},
+    {"boot", "(demo)", "", 1u << 20, false},
+    {"system", "(demo)", "", 4u << 20, false},
 };
 static const char *const step_names[] = {"",           "getvar:product", "getvar:serialno",
                                          "flash:boot", "flash:system",   "reboot"};

@@ -60,6 +60,7 @@ struct eng_image_info {
     const char *path;
     const char *sha256;
     uint64_t size;
+    bool remembered; /* the hash came from the hash cache (engine/image.h) */
 };
 
 struct eng_event {
@@ -135,6 +136,7 @@ struct eng_profile_options {
     unsigned retries;
     const struct eng_pubkey *signer; /* minisign key for PATH.minisig (copied) */
     bool require_signatures;         /* refuse images without a good signature */
+    const char *hash_cache;          /* remembered image hashes (engine/image.h); NULL = none */
 };
 
 /*

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/st_error.h"
@@ -32,6 +33,8 @@ struct eng_image {
     bool have_signer;
     struct eng_pubkey signer;
     bool require_signature;
+    char hash_cache[CFG_PATH_MAX];
+    bool remembered;
     char sha256[65];
 };
 
@@ -144,15 +147,91 @@ static int hash_image(struct eng_image *img)
     return 0;
 }
 
+/* ---- remembered hashes (see image.h) ---- */
+
+#define CACHE_MAGIC "station-image-hash 1"
+
+static void cache_entry_path(const struct eng_image *img, char *out, size_t len)
+{
+    snprintf(out, len, "%s/%llx-%llx", img->hash_cache, (unsigned long long)img->st.st_dev,
+             (unsigned long long)img->st.st_ino);
+}
+
+static void format_stat(const struct stat *st, char *out, size_t len)
+{
+    snprintf(out, len, "%lld %lld.%09ld %lld.%09ld", (long long)st->st_size,
+             (long long)st->st_mtim.tv_sec, st->st_mtim.tv_nsec, (long long)st->st_ctim.tv_sec,
+             st->st_ctim.tv_nsec);
+}
+
+/* True, with img->sha256 set, when an entry matches the file's stat. */
+static bool cache_lookup(struct eng_image *img)
+{
+    char path[CFG_PATH_MAX + 64], want[128], line[3][160];
+    cache_entry_path(img, path, sizeof(path));
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return false;
+    bool ok = true;
+    for (int i = 0; i < 3 && ok; i++) {
+        ok = fgets(line[i], sizeof(line[i]), f) != NULL;
+        if (ok)
+            line[i][strcspn(line[i], "\n")] = '\0';
+    }
+    fclose(f);
+    format_stat(&img->st, want, sizeof(want));
+    if (!ok || strcmp(line[0], CACHE_MAGIC) || strcmp(line[1], want) || strlen(line[2]) != 64 ||
+        strspn(line[2], "0123456789abcdef") != 64)
+        return false;
+    memcpy(img->sha256, line[2], 65);
+    return true;
+}
+
+/* Remember the hash when the file did not change while it was read and
+ * its last change is old enough to be told from a later one. Failures
+ * only cost the next start a rehash, so they are not reported. */
+static void cache_store(struct eng_image *img, time_t hash_started)
+{
+    struct stat now;
+    if (fstat(img->fd, &now) != 0 || now.st_size != img->st.st_size ||
+        now.st_mtim.tv_sec != img->st.st_mtim.tv_sec ||
+        now.st_mtim.tv_nsec != img->st.st_mtim.tv_nsec ||
+        now.st_ctim.tv_sec != img->st.st_ctim.tv_sec ||
+        now.st_ctim.tv_nsec != img->st.st_ctim.tv_nsec)
+        return;
+    if (now.st_ctim.tv_sec > hash_started - 2 || now.st_mtim.tv_sec > hash_started - 2)
+        return;
+    if (mkdir(img->hash_cache, 0700) != 0 && errno != EEXIST)
+        return;
+    char path[CFG_PATH_MAX + 64], tmp[CFG_PATH_MAX + 96], st[128];
+    cache_entry_path(img, path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
+    format_stat(&img->st, st, sizeof(st));
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        return;
+    int wr = fprintf(f, "%s\n%s\n%s\n", CACHE_MAGIC, st, img->sha256);
+    if (fclose(f) != 0 || wr < 0 || rename(tmp, path) != 0)
+        unlink(tmp);
+}
+
 static void work(uv_work_t *w)
 {
     struct eng_image *img = w->data;
     img->status = img->cfg.path[0] ? map_file(img) : map_demo(img);
     if (img->status)
         return;
-    img->status = hash_image(img);
-    if (img->status)
-        return;
+    bool cached = img->cfg.path[0] && img->hash_cache[0];
+    if (cached && cache_lookup(img)) {
+        img->remembered = true;
+    } else {
+        time_t started = time(NULL);
+        img->status = hash_image(img);
+        if (img->status)
+            return;
+        if (cached)
+            cache_store(img, started);
+    }
     if (img->cfg.sha256[0] && strcasecmp(img->cfg.sha256, img->sha256) != 0) {
         img->status = ST_EINVAL;
         snprintf(img->message, sizeof(img->message),
@@ -216,6 +295,8 @@ int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg,
         img->signer = *trust->signer;
     }
     img->require_signature = trust && trust->require_signature;
+    if (trust && trust->hash_cache)
+        snprintf(img->hash_cache, sizeof(img->hash_cache), "%s", trust->hash_cache);
     img->refs = 1;
     img->cb = cb;
     img->user_data = user_data;
@@ -257,6 +338,10 @@ uint64_t eng_image_size(const struct eng_image *img)
 const char *eng_image_sha256(const struct eng_image *img)
 {
     return img->sha256;
+}
+bool eng_image_hash_remembered(const struct eng_image *img)
+{
+    return img->remembered;
 }
 const char *eng_image_name(const struct eng_image *img)
 {

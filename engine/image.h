@@ -7,6 +7,17 @@
  * the loop thread. With a signer, PATH.minisig is verified there too
  * (engine/trust.h). Images are reference-counted: each user takes a
  * reference and drops it; the mapping goes with the last reference.
+ *
+ * Remembered hashes: with a hash cache directory, a file's SHA-256 is
+ * written there after hashing, keyed by its device and inode, together
+ * with its size, modification and change times. A later load of the same
+ * file whose stat() still matches takes the remembered hash instead of
+ * reading every byte again (a multi-gigabyte image costs seconds of CPU at
+ * each start otherwise). The change time cannot be set from user space,
+ * so any write or rename onto the file misses the cache. A file changed
+ * less than two seconds before it was hashed is not remembered (a write in
+ * the same timestamp tick would not show). Signatures are verified at
+ * every load regardless.
  */
 #ifndef ENG_IMAGE_H
 #define ENG_IMAGE_H
@@ -24,6 +35,7 @@ struct eng_pubkey;
 struct eng_image_trust {
     const struct eng_pubkey *signer; /* minisign key; NULL = none */
     bool require_signature;          /* refuse the image without a good PATH.minisig */
+    const char *hash_cache;          /* directory of remembered hashes; NULL = none */
 };
 
 /* status 0, or a negative code with `message` naming the file. The image
@@ -50,6 +62,9 @@ void eng_image_unref(struct eng_image *img);
 const uint8_t *eng_image_data(const struct eng_image *img);
 uint64_t eng_image_size(const struct eng_image *img);
 const char *eng_image_sha256(const struct eng_image *img); /* lowercase hex */
+/* True when the hash came from the hash cache rather than from reading
+ * the file at this load. */
+bool eng_image_hash_remembered(const struct eng_image *img);
 const char *eng_image_name(const struct eng_image *img);
 const char *eng_image_path(const struct eng_image *img); /* "(demo)" for generated */
 /* A read-only descriptor of the content, owned by the image. */

@@ -70,6 +70,7 @@ static void image_loaded(struct eng_image *img, int status, const char *message,
                 .path = eng_image_path(im),
                 .sha256 = eng_image_sha256(im),
                 .size = eng_image_size(im),
+                .remembered = eng_image_hash_remembered(im),
             };
         }
         prof->loaded = true;
@@ -125,7 +126,8 @@ int eng_engine_add_profile(struct eng_engine *eng, const char *name,
         prof->opts.signer = NULL; /* the copy above is the one to use */
     }
     struct eng_image_trust trust = {.signer = prof->have_signer ? &prof->signer : NULL,
-                                    .require_signature = prof->opts.require_signatures};
+                                    .require_signature = prof->opts.require_signatures,
+                                    .hash_cache = prof->opts.hash_cache};
     prof->recipe = *recipe;
     prof->load_cb = cb;
     prof->load_user_data = user_data;

@@ -43,6 +43,9 @@ static const char run_usage[] =
     "  --db-timeout-ms MS  wait this long for another process's database lock (default 5000)\n"
     "  --socket PATH       where 'station watch' attaches (default: the database's path\n"
     "                      + .sock); mode 0660, open to the station's group only\n"
+    "  --no-hash-cache     hash every image's bytes at each start (default: a hash is\n"
+    "                      remembered in DB.hashes/ while the file's size, inode,\n"
+    "                      modification and change times stay the same)\n"
     "\n"
     "exit codes: 0 success, 1 a session failed, 2 usage, config, recipe or image error,\n"
     "3 internal error\n";
@@ -71,6 +74,7 @@ int st_cmd_run(int argc, char **argv)
         O_DB_TIMEOUT,
         O_TCP,
         O_SOCKET,
+        O_NO_HASH_CACHE,
     };
     static const struct option longopts[] = {
         {"simulate", required_argument, NULL, O_SIMULATE},
@@ -95,6 +99,7 @@ int st_cmd_run(int argc, char **argv)
         {"seed", required_argument, NULL, O_SEED},
         {"db-timeout-ms", required_argument, NULL, O_DB_TIMEOUT},
         {"socket", required_argument, NULL, O_SOCKET},
+        {"no-hash-cache", no_argument, NULL, O_NO_HASH_CACHE},
         {NULL, 0, NULL, 0},
     };
     struct st_run_options o;
@@ -207,6 +212,9 @@ int st_cmd_run(int argc, char **argv)
             break;
         case O_SOCKET:
             o.socket_path = optarg;
+            break;
+        case O_NO_HASH_CACHE:
+            o.no_hash_cache = true;
             break;
         case O_LOG_FORMAT:
             if (!strcmp(optarg, "text"))

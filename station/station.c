@@ -42,6 +42,7 @@ struct station {
     struct cfg_config *cfg; /* NULL: the built-in demo recipe */
     struct eng_usb *usb;    /* USB devices, when flashing them */
     struct eng_pubkey signer;
+    char hash_cache[4096];     /* remembered image hashes; "" = hash at every start */
     unsigned profiles_loading; /* profiles whose images are not loaded yet */
     bool profiles_failed;
     /* SIGHUP reload: the new configuration while its profiles load */
@@ -424,8 +425,8 @@ static void on_loaded(int status, const char *message, void *user_data)
     unsigned n;
     const struct eng_image_info *im = eng_engine_images(st->eng, &n);
     for (unsigned i = 0; i < n; i++)
-        note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name, im[i].path,
-             im[i].size, im[i].sha256);
+        note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s%s", im[i].name, im[i].path,
+             im[i].size, im[i].sha256, im[i].remembered ? " (remembered: file unchanged)" : "");
     if (st->rack)
         eng_rack_start(st->rack);
     if ((st->opts->n_tcp || st->cfg) && !st->stopping) {
@@ -503,6 +504,7 @@ static int add_config_profiles(struct station *st)
             .retries = pr->retries,
             .signer = have_key ? &st->signer : NULL,
             .require_signatures = cfg->require_signatures,
+            .hash_cache = st->hash_cache[0] ? st->hash_cache : NULL,
         };
         int rc = eng_engine_add_profile(st->eng, pr->name, pr->recipe, &po, on_loaded, st, NULL);
         if (rc) {
@@ -555,8 +557,9 @@ static void finish_reload(struct station *st)
         unsigned n;
         const struct eng_image_info *im = eng_engine_images(st->eng, &n);
         for (unsigned i = 0; i < n; i++)
-            note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s", im[i].name,
-                 im[i].path, im[i].size, im[i].sha256);
+            note(st, UI_NOTE_INFO, "image %s %s %" PRIu64 " bytes sha256 %s%s", im[i].name,
+                 im[i].path, im[i].size, im[i].sha256,
+                 im[i].remembered ? " (remembered: file unchanged)" : "");
         if (!same)
             note(st, UI_NOTE_WARN,
                  "config reload: the [profile] list changed; USB rules and "
@@ -620,6 +623,7 @@ static void start_reload(struct station *st)
             .retries = pr->retries,
             .signer = cfg->minisign_key[0] ? &key : NULL,
             .require_signatures = cfg->require_signatures,
+            .hash_cache = st->hash_cache[0] ? st->hash_cache : NULL,
         };
         st->reload_loading++;
         int rc =
@@ -891,6 +895,9 @@ int st_run(const struct st_run_options *o)
     }
     if (!opts.db_path)
         opts.db_path = "station.db";
+    if (!opts.no_hash_cache && (size_t)snprintf(st->hash_cache, sizeof(st->hash_cache), "%s.hashes",
+                                                opts.db_path) >= sizeof(st->hash_cache))
+        st->hash_cache[0] = '\0';
     if (opts.station_id)
         snprintf(st->station_id, sizeof(st->station_id), "%s", opts.station_id);
     else if (gethostname(st->station_id, sizeof(st->station_id) - 1) != 0)
@@ -1069,7 +1076,8 @@ int st_run(const struct st_run_options *o)
             shutdown_station(st, ST_EXIT_USAGE);
     } else {
         st->profiles_loading = 1;
-        rc = eng_engine_load(st->eng, &recipe, on_loaded, st);
+        struct eng_profile_options po = {.hash_cache = st->hash_cache[0] ? st->hash_cache : NULL};
+        rc = eng_engine_add_profile(st->eng, "default", &recipe, &po, on_loaded, st, NULL);
         if (rc) {
             errorf(st, "cannot load the recipe's images: %s", st_strerror(rc));
             shutdown_station(st, ST_EXIT_USAGE);

@@ -67,6 +67,7 @@ struct st_run_options {
     uint32_t seed;           /* simulated serial numbers; 0 = random */
     unsigned db_busy_ms;     /* wait for another process's lock; 0 = default (5000) */
     const char *socket_path; /* `station watch` socket; NULL = DB.sock beside the db */
+    bool no_hash_cache;      /* hash every image at start (else DB.hashes/ remembers) */
 };
 
 /* Run the station; returns an st_exit code. */

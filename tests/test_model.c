@@ -22,8 +22,8 @@
 #define T0 1795000000000LL /* a fixed wall-clock time, ms */
 
 static const struct eng_image_info images[] = {
-    {"boot", "(demo)", "", 1u << 20},
-    {"system", "(demo)", "", 4u << 20},
+    {"boot", "(demo)", "", 1u << 20, false},
+    {"system", "(demo)", "", 4u << 20, false},
 };
 
 static struct eng_event ev_of(enum eng_event_type type, const char *slot, int64_t t)

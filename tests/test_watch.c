@@ -146,8 +146,8 @@ static void sleep_ms(int ms)
 /* ---- a model with something of everything ---- */
 
 static const struct eng_image_info images[] = {
-    {"boot", "(demo)", "", 1u << 20},
-    {"system", "(demo)", "", 4u << 20},
+    {"boot", "(demo)", "", 1u << 20, false},
+    {"system", "(demo)", "", 4u << 20, false},
 };
 
 static struct eng_event ev_of(enum eng_event_type type, const char *slot, int64_t t)

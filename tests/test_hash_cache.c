@@ -1,0 +1,269 @@
+/*
+ * test_hash_cache: remembered image hashes (engine/image.h, DB.hashes/),
+ * against the real binary.
+ *
+ * - a file hashed at one start is not read again at the next: the line
+ *   says "remembered" and the records carry the same, true SHA-256;
+ * - a file changed since (same size, one byte) is hashed again, and the
+ *   records carry its new SHA-256;
+ * - a damaged cache entry is ignored;
+ * - --no-hash-cache neither reads nor writes the cache;
+ * - a file changed less than two seconds before its hashing is not
+ *   remembered (a later write in the same timestamp tick could hide).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <sodium.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#define IMAGE_BYTES (2u << 20)
+
+struct fx {
+    char dir[256];
+    char image[300], db[300], cache[320], out[300];
+    char sha[65];
+};
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* IMAGE_BYTES pseudo-random bytes from seed into fx->image; fx->sha. */
+static void write_image(struct fx *fx, uint32_t seed)
+{
+    uint8_t *buf = malloc(IMAGE_BYTES);
+    unsigned char sum[32];
+    assert_non_null(buf);
+    for (size_t i = 0; i < IMAGE_BYTES; i++) {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        buf[i] = (uint8_t)seed;
+    }
+    /* rewrite in place: the same inode, as an operator copying over it */
+    int fd = open(fx->image, O_WRONLY | O_CREAT, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, buf, IMAGE_BYTES), IMAGE_BYTES);
+    assert_int_equal(close(fd), 0);
+    crypto_hash_sha256(sum, buf, IMAGE_BYTES);
+    sodium_bin2hex(fx->sha, sizeof(fx->sha), sum, 32);
+    free(buf);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return calloc(1, 1);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    assert_non_null(buf);
+    size_t got = fread(buf, 1, (size_t)n, f);
+    buf[got] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* One simulated unit flashed with the image; returns the station's stdout. */
+static char *run_station(struct fx *fx, bool no_cache)
+{
+    char img[400];
+    snprintf(img, sizeof(img), "system=%s", fx->image);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int o = open(fx->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(o, 1);
+        dup2(o, 2);
+        execl(STATION_BIN, STATION_BIN, "run", "--simulate", "1", "--exit-after", "1", "--pace",
+              "0", "--headless", "--serial-policy", "reflash", "--seed", "7", "--image", img,
+              "--db", fx->db, no_cache ? "--no-hash-cache" : NULL, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    char *out = slurp(fx->out);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "--- station output\n%s---\n", out);
+        fail_msg("station exited with status %d", status);
+    }
+    return out;
+}
+
+/* The SHA-256 recorded for the system image of the newest session. */
+static void recorded_sha(struct fx *fx, char out[65])
+{
+    sqlite3 *c;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(c,
+                                        "SELECT sha256 FROM session_images WHERE name = 'system' "
+                                        "ORDER BY session_id DESC LIMIT 1",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    snprintf(out, 65, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(c);
+}
+
+static unsigned cache_entries(struct fx *fx)
+{
+    DIR *d = opendir(fx->cache);
+    unsigned n = 0;
+    if (!d)
+        return 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+static void expect_line(const char *out, const char *sha, bool remembered)
+{
+    char want[200];
+    snprintf(want, sizeof(want), "bytes sha256 %s%s", sha,
+             remembered ? " (remembered: file unchanged)" : "\n");
+    if (!strstr(out, want)) {
+        fprintf(stderr, "--- station output\n%s---\n", out);
+        fail_msg("expected \"%s\" in the output", want);
+    }
+}
+
+static int setup(void **state)
+{
+    if (sodium_init() < 0)
+        return -1;
+    struct fx *fx = calloc(1, sizeof(*fx));
+    assert_non_null(fx);
+    mkdir(TEST_TMPDIR, 0755);
+    snprintf(fx->dir, sizeof(fx->dir), "%s/hashcacheXXXXXX", TEST_TMPDIR);
+    assert_non_null(mkdtemp(fx->dir));
+    snprintf(fx->image, sizeof(fx->image), "%s/system.img", fx->dir);
+    snprintf(fx->db, sizeof(fx->db), "%s/station.db", fx->dir);
+    snprintf(fx->cache, sizeof(fx->cache), "%s.hashes", fx->db);
+    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *fx = *state;
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", fx->dir);
+    free(fx);
+    return 0;
+}
+
+static void test_remembered_until_the_file_changes(void **state)
+{
+    struct fx *fx = *state;
+    char sha[65];
+    write_image(fx, 0x1234u);
+
+    /* hashed at once after writing: too fresh to remember */
+    char *out = run_station(fx, false);
+    expect_line(out, fx->sha, false);
+    free(out);
+    assert_int_equal(cache_entries(fx), 0);
+
+    sleep_ms(2500);
+    out = run_station(fx, false); /* hashed and remembered */
+    expect_line(out, fx->sha, false);
+    free(out);
+    assert_int_equal(cache_entries(fx), 1);
+
+    out = run_station(fx, false); /* taken from the cache */
+    expect_line(out, fx->sha, true);
+    free(out);
+    recorded_sha(fx, sha);
+    assert_string_equal(sha, fx->sha);
+
+    /* --no-hash-cache reads the file again */
+    out = run_station(fx, true);
+    expect_line(out, fx->sha, false);
+    free(out);
+
+    /* same size, same inode, other bytes: hashed again, new hash recorded */
+    char old[65];
+    memcpy(old, fx->sha, sizeof(old));
+    write_image(fx, 0x4321u);
+    assert_string_not_equal(old, fx->sha);
+    out = run_station(fx, false);
+    expect_line(out, fx->sha, false);
+    free(out);
+    recorded_sha(fx, sha);
+    assert_string_equal(sha, fx->sha);
+}
+
+static void test_damaged_entry_is_ignored(void **state)
+{
+    struct fx *fx = *state;
+    char sha[65];
+    write_image(fx, 0x777u);
+    sleep_ms(2500);
+    free(run_station(fx, false));
+    assert_int_equal(cache_entries(fx), 1);
+
+    /* every entry: the right header and stat line, a hash cut short */
+    DIR *d = opendir(fx->cache);
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[600];
+        snprintf(path, sizeof(path), "%s/%s", fx->cache, e->d_name);
+        char *text = slurp(path);
+        char *last = strrchr(text, '\n');
+        assert_non_null(last);
+        *last = '\0';
+        last = strrchr(text, '\n');
+        assert_non_null(last);
+        last[10] = '\0'; /* keep 9 hex digits of 64 */
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fprintf(f, "%s\n", text);
+        assert_int_equal(fclose(f), 0);
+        free(text);
+    }
+    closedir(d);
+
+    char *out = run_station(fx, false);
+    expect_line(out, fx->sha, false);
+    free(out);
+    recorded_sha(fx, sha);
+    assert_string_equal(sha, fx->sha);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_remembered_until_the_file_changes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damaged_entry_is_ignored, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
