@@ -313,6 +313,73 @@ static int index_sparse_input(struct builder *b)
     return 0;
 }
 
+/* True when the whole block's 32-bit words all equal the first. */
+static bool fill_block(const uint8_t *p, uint32_t bs, uint32_t *value)
+{
+    uint32_t first;
+    memcpy(&first, p, 4);
+    for (uint32_t i = 4; i < bs; i += 4)
+        if (memcmp(p + i, &first, 4) != 0)
+            return false;
+    *value = first;
+    return true;
+}
+
+/*
+ * A raw image for libsparse, built from the mapping instead of letting
+ * sparse_file_import_auto() read() the file through a buffer (a full copy
+ * of the image, a third of the plan's cost). Blocks are classified as
+ * libsparse's own reader does: a whole block whose 32-bit words all equal
+ * the first is a fill of that value, added block by block as it adds them;
+ * anything else (the last partial block included) is data. Its reader
+ * adds data blocks one by one as file ranges, which libsparse merges into
+ * one chunk per run; data blocks given by pointer are not merged, so each
+ * run goes in whole, pointing into the mapping. The chunk list, and every
+ * piece written from it, are then the same (tests/test_sparse.c compares
+ * them with libsparse's own import, byte for byte). NULL with *fallback
+ * when a run is too long for libsparse's 32-bit lengths: the caller uses
+ * libsparse's own import then.
+ */
+static struct sparse_file *import_raw(const uint8_t *map, uint64_t size, bool *fallback)
+{
+    const uint32_t bs = 4096;
+    *fallback = false;
+    struct sparse_file *s = sparse_file_new(bs, (int64_t)size);
+    if (!s)
+        return NULL;
+    uint64_t blocks = (size + bs - 1) / bs, run = 0;
+    bool in_run = false;
+    for (uint64_t blk = 0; blk <= blocks; blk++) {
+        uint64_t off = blk * bs;
+        uint32_t value = 0;
+        bool fill = blk < blocks && size - off >= bs && fill_block(map + off, bs, &value);
+        if (in_run && (fill || blk == blocks)) {
+            uint64_t start = run * bs, len = (blk == blocks ? size : off) - start;
+            if (len > 0xffffffffull - bs) {
+                *fallback = true;
+                goto fail;
+            }
+            if (sparse_file_add_data(s, (void *)(uintptr_t)(map + start), (unsigned)len,
+                                     (unsigned)run) < 0)
+                goto fail;
+            in_run = false;
+        }
+        if (blk == blocks)
+            break;
+        if (fill) {
+            if (sparse_file_add_fill(s, value, bs, (unsigned)blk) < 0)
+                goto fail;
+        } else if (!in_run) {
+            in_run = true;
+            run = blk;
+        }
+    }
+    return s;
+fail:
+    sparse_file_destroy(s);
+    return NULL;
+}
+
 int eng_sparse_plan_new(int fd, const uint8_t *map, uint64_t size, uint64_t limit,
                         struct eng_sparse_plan **out, char *err, size_t errlen)
 {
@@ -340,7 +407,11 @@ int eng_sparse_plan_new(int fd, const uint8_t *map, uint64_t size, uint64_t limi
         rc = b.error;
         goto out;
     }
-    in = sparse_file_import_auto(own, false, false);
+    bool fallback = true;
+    if (!b.sparse_input && size / 4096 < 0xffffffffull) /* block numbers are 32-bit there */
+        in = import_raw(map, size, &fallback);
+    if (!in && fallback)
+        in = sparse_file_import_auto(own, false, false);
     if (!in) {
         rc = ST_EPROTO;
         snprintf(err, errlen, "libsparse could not read the image");
