@@ -10,13 +10,15 @@
  * against its own fresh `station sim --count DEVICES`:
  *   station, first start: `station run --tcp 127.0.0.1:P-Q --image
  *              system=FILE --exit-after DEVICES` (the demo recipe: getvar
- *              product and serialno, flash boot 1 MiB, flash system FILE,
+ *              product and serialno, flash boot BOOT, flash system FILE,
  *              reboot); it reads the whole image for its SHA-256 and
  *              remembers the hash in DB.hashes/;
  *   station, restarted: the same on a new database that shares those
  *              remembered hashes: what every later start of a station
  *              costs while the image file stays the same;
- *   fastboot: DEVICES parallel `fastboot -s tcp:127.0.0.1:P+i flash system FILE`.
+ *   fastboot: DEVICES parallel `fastboot -s tcp:127.0.0.1:P+i flash boot BOOT
+ *              flash system FILE`.
+ * Both flash the same two files: a 1 MiB boot image and the system image.
  * Measured: wall time (spawn to last exit); CPU time of the flashing
  * processes (wait4 rusage: user + system; the station's includes hashing
  * the image once, the fastboot processes' is summed) and the sim's CPU
@@ -244,7 +246,7 @@ int main(int argc, char **argv)
     unsigned devices = argc > 1 ? (unsigned)atoi(argv[1]) : 16;
     unsigned mib = argc > 2 ? (unsigned)atoi(argv[2]) : 512;
     const char *maxdl = argc > 3 ? argv[3] : "16777216";
-    char station[1024], dir[] = "/tmp/bench_tcpXXXXXX", image[256], db[256], out[256];
+    char station[1024], dir[] = "/tmp/bench_tcpXXXXXX", image[256], boot[256], db[256], out[256];
     if (devices == 0 || devices > MAX_PROCS || mib == 0) {
         fprintf(stderr, "usage: bench_tcp [DEVICES (1-%d) [IMAGE_MIB [MAX_DOWNLOAD]]]\n",
                 MAX_PROCS);
@@ -264,6 +266,7 @@ int main(int argc, char **argv)
         return 1;
     signal(SIGPIPE, SIG_IGN);
     snprintf(image, sizeof(image), "%s/system.img", dir);
+    snprintf(boot, sizeof(boot), "%s/boot.img", dir);
     snprintf(db, sizeof(db), "%s/bench.db", dir);
     snprintf(out, sizeof(out), "%s/out.txt", dir);
 
@@ -280,14 +283,26 @@ int main(int argc, char **argv)
         }
         fwrite(chunk, 1, 1u << 20, f);
     }
+    fflush(f);
+    fsync(fileno(f));
+    fclose(f);
+    /* the boot image: 1 MiB more of the same sequence */
+    f = fopen(boot, "wb");
+    for (size_t i = 0; i < (1u << 20) / 8; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk[i] = x;
+    }
+    fwrite(chunk, 1, 1u << 20, f);
     free(chunk);
     /* written back: pages of a file not yet on disk count as Private_Dirty */
     fflush(f);
     fsync(fileno(f));
     fclose(f);
     /* both runs read it from the page cache */
-    char warm[600];
-    snprintf(warm, sizeof(warm), "cat '%s' > /dev/null", image);
+    char warm[700];
+    snprintf(warm, sizeof(warm), "cat '%s' '%s' > /dev/null", image, boot);
     if (system(warm) != 0)
         fprintf(stderr, "bench_tcp: could not pre-read the image\n");
 
@@ -311,13 +326,15 @@ int main(int argc, char **argv)
         pid_t sim = start_sim(station, dir, devices, maxdl, &port);
         if (r == 1 && symlink(cache1, cache2) != 0)
             fprintf(stderr, "bench_tcp: cannot link %s: %s\n", cache2, strerror(errno));
-        char tcp[64], img[300], exit_after[16];
+        char tcp[64], img[300], bimg[300], exit_after[16];
         snprintf(tcp, sizeof(tcp), "127.0.0.1:%u-%u", port, port + devices - 1);
         snprintf(img, sizeof(img), "system=%s", image);
+        snprintf(bimg, sizeof(bimg), "boot=%s", boot);
         snprintf(exit_after, sizeof(exit_after), "%u", devices);
-        char *av[] = {station,      "run",          "--tcp",    tcp,    "--image",
-                      img,          "--exit-after", exit_after, "--db", r ? db2 : db,
-                      "--headless", "--timeout-ms", "30000",    NULL};
+        char *av[] = {station,        "run",          "--tcp",   tcp,
+                      "--image",      bimg,           "--image", img,
+                      "--exit-after", exit_after,     "--db",    r ? db2 : db,
+                      "--headless",   "--timeout-ms", "30000",   NULL};
         struct proc p = {0};
         truncate(out, 0);
         double t0 = now_s();
@@ -348,7 +365,8 @@ int main(int argc, char **argv)
         double t0 = now_s();
         for (unsigned i = 0; i < devices; i++) {
             snprintf(serial[i], sizeof(serial[i]), "tcp:127.0.0.1:%u", port + i);
-            char *av[] = {"fastboot", "-s", serial[i], "flash", "system", image, NULL};
+            char *av[] = {"fastboot", "-s",    serial[i], "flash", "boot",
+                          boot,       "flash", "system",  image,   NULL};
             ps[i].pid = spawn(av, out);
         }
         watch(ps, (int)devices);
@@ -389,6 +407,7 @@ int main(int argc, char **argv)
            "(file pages mapped by one process only count here), dirty = Private_Dirty.\n");
 
     unlink(image);
+    unlink(boot);
     char rm[300];
     snprintf(rm, sizeof(rm), "rm -rf '%s'", dir);
     if (system(rm) != 0)
