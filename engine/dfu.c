@@ -32,7 +32,7 @@
 #define USB_REQ_SET_INTERFACE 11
 
 enum op { OP_NONE, OP_DOWNLOAD, OP_VERIFY, OP_DETACH, OP_LEAVE };
-enum where { W_NONE, W_BLOCK, W_ERASE, W_ADDRESS };
+enum where { W_NONE, W_BLOCK, W_ERASE, W_ADDRESS, W_MANIFEST };
 
 struct eng_dfu;
 typedef void (*step_fn)(struct eng_dfu *d);
@@ -273,6 +273,8 @@ static size_t prefix(const struct eng_dfu *d, char *buf, size_t cap)
         n = snprintf(buf, cap, "%s alt %u erase 0x%08x: ", op_name(d), d->alt, d->where_val);
     else if (d->where == W_ADDRESS)
         n = snprintf(buf, cap, "%s alt %u set address 0x%08x: ", op_name(d), d->alt, d->where_val);
+    else if (d->where == W_MANIFEST)
+        n = snprintf(buf, cap, "%s alt %u manifestation: ", op_name(d), d->alt);
     else
         n = snprintf(buf, cap, "%s alt %u: ", op_name(d), d->alt);
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
@@ -431,6 +433,12 @@ static bool got_status(struct eng_dfu *d)
         fail_now(d, ST_EPROTO, "GETSTATUS answered %zu bytes, not 6", d->xfer.actual);
         return false;
     }
+    if (st_status(d) > ENG_DFU_ERR_STALLEDPKT || st_state(d) > ENG_DFU_ERROR) {
+        /* DFU 1.1 §6.1.2 defines no such values: the answer is garbage */
+        fail_now(d, ST_EPROTO, "GETSTATUS answered garbage (bStatus 0x%02x, bState 0x%02x)",
+                 st_status(d), st_state(d));
+        return false;
+    }
     return true;
 }
 
@@ -511,6 +519,11 @@ static void wait_busy(struct eng_dfu *d, step_fn again)
 {
     uint64_t elapsed = uv_now(d->loop) - d->busy_since;
     unsigned poll = st_poll(d);
+    if (poll > d->lim.busy_ms) {
+        fail_now(d, ST_ETIMEDOUT, "device asks to stay %g s in %s, beyond the %g s limit",
+                 poll / 1000.0, eng_dfu_state_name(st_state(d)), d->lim.busy_ms / 1000.0);
+        return;
+    }
     if (elapsed + poll > d->lim.busy_ms) {
         fail_now(d, ST_ETIMEDOUT, "device stays in %s beyond %g s", eng_dfu_state_name(st_state(d)),
                  d->lim.busy_ms / 1000.0);
@@ -684,6 +697,7 @@ static void man_status(struct eng_dfu *d);
 
 static void man_gone(struct eng_dfu *d)
 {
+    d->where = W_NONE; /* the messages below say "manifestation" */
     if (d->t->dfu.attributes & ENG_DFU_ATTR_MANIFEST_TOLERANT) {
         fail_now(d, ST_ENODEV, "device disconnected during manifestation");
         return;
@@ -704,6 +718,7 @@ static void man_status(struct eng_dfu *d)
         return;
     unsigned state = st_state(d), status = st_status(d);
     if (status != ENG_DFU_OK || state == ENG_DFU_ERROR) {
+        d->where = W_NONE;
         fail_clean(d, ST_EDEVFAIL, ENG_DFU_CLRSTATUS, "manifestation failed: %s",
                    eng_dfu_status_name(status != ENG_DFU_OK ? status : ENG_DFU_ERR_UNKNOWN));
         return;
@@ -723,6 +738,7 @@ static void man_status(struct eng_dfu *d)
         wait_busy(d, man_again);
         return;
     default:
+        d->where = W_NONE;
         fail_now(d, ST_EPROTO, "unexpected state %s during manifestation",
                  eng_dfu_state_name(state));
     }
@@ -755,7 +771,7 @@ static void plain_next(struct eng_dfu *d)
     if (d->seg_off == s->len) {
         /* DFU 1.1 §6.1.1.1: a zero-length DNLOAD ends the download and
          * starts manifestation. */
-        d->where = W_NONE;
+        d->where = W_MANIFEST;
         ctrl_nodev(d, "DNLOAD", RT_CLASS_OUT, ENG_DFU_DNLOAD, (uint16_t)d->block /* wValue */, NULL,
                    0 /* wLength */, man_sent, man_gone);
         return;

@@ -143,6 +143,12 @@ static void fail_submit(struct eng_fb *fb, int rc, const char *what)
                 fb->data_len);
     else if (rc == ST_ENODEV)
         finishf(fb, rc, "device disconnected");
+    else if (rc == ST_EPIPE && fb->state == FB_SEND_DATA)
+        finishf(fb, rc,
+                "device stalled the bulk OUT endpoint after %" PRIu64 " of %" PRIu64 " bytes",
+                fb->data_sent, fb->data_len);
+    else if (rc == ST_EPIPE && fb->state == FB_WAIT_REPLY)
+        finishf(fb, rc, "device stalled the bulk IN endpoint instead of replying");
     else
         finishf(fb, rc, "cannot %s: %s", what, st_strerror(rc));
 }

@@ -39,8 +39,9 @@ struct station {
     struct db *db;
     struct eng_engine *eng;
     struct eng_rack *rack;
-    struct cfg_config *cfg; /* NULL: the built-in demo recipe */
-    struct eng_usb *usb;    /* USB devices, when flashing them */
+    struct eng_vdfu_config sim_dfu; /* the simulated DFU units, while the rack lives */
+    struct cfg_config *cfg;         /* NULL: the built-in demo recipe */
+    struct eng_usb *usb;            /* USB devices, when flashing them */
     struct eng_pubkey signer;
     char hash_cache[4096];     /* remembered image hashes; "" = hash at every start */
     unsigned profiles_loading; /* profiles whose images are not loaded yet */
@@ -863,6 +864,27 @@ static int start_publisher(struct station *st)
     return 0;
 }
 
+/* The simulated rack's DFU units: plain DFU 1.1 boards with room for a
+ * firmware of up to 1 MiB. They start in run-time mode, running their
+ * application, when the recipe detaches before its first download or
+ * verify; otherwise in their DFU bootloader. */
+static void sim_dfu_units(const struct cfg_recipe *r, struct eng_vdfu_config *dc,
+                          double *runtime_share)
+{
+    memset(dc, 0, sizeof(*dc));
+    dc->n_alts = 1;
+    snprintf(dc->alts[0].name, sizeof(dc->alts[0].name), "Flash");
+    dc->alts[0].size = 1u << 20;
+    *runtime_share = 0;
+    for (unsigned i = 0; i < r->n_steps; i++) {
+        enum cfg_step_kind k = r->steps[i].kind;
+        if (k == CFG_STEP_DETACH)
+            *runtime_share = 1;
+        if (k == CFG_STEP_DETACH || k == CFG_STEP_DFU_DOWNLOAD || k == CFG_STEP_DFU_VERIFY)
+            break;
+    }
+}
+
 int st_run(const struct st_run_options *o)
 {
     struct station st_storage, *st = &st_storage;
@@ -992,10 +1014,9 @@ int st_run(const struct st_run_options *o)
             .no_hash = true,
         };
         if (st->cfg && st->cfg->profiles[profile].protocol == CFG_PROTO_DFU) {
-            errorf(st, "--simulate: profile %s is DFU; the simulated rack serves fastboot devices",
-                   st->cfg->profiles[profile].name);
-            exit_code = ST_EXIT_USAGE;
-            goto out_engine;
+            ro.dfu = true;
+            ro.dfu_config = &st->sim_dfu;
+            sim_dfu_units(st->cfg->profiles[profile].recipe, &st->sim_dfu, &ro.runtime_share);
         }
         rc = eng_rack_new(&st->loop, st->eng, &ro, &st->rack);
         if (rc) {
@@ -1007,8 +1028,13 @@ int st_run(const struct st_run_options *o)
             rc = eng_rack_add_fault_spec(st->rack, opts.faults[i]);
             if (rc) {
                 errorf(st,
-                       "--fault %s: %s (expected N:fail=CMD, N:silent=CMD, N:garbage=CMD "
-                       "or N:disconnect=BYTES with N from 1 to %u)",
+                       ro.dfu ? "--fault %s: %s (expected N:KIND=REQ[@K] with KIND stall, "
+                                "silent, disconnect, garbage, oversize, short or slow, "
+                                "N:errwrite=BLOCK, N:corrupt=OFFSET, N:stuck=BLOCK or "
+                                "N:disconnect|fail|slow=manifest, with N from 1 to %u)"
+                              : "--fault %s: %s (expected N:fail=CMD, N:silent=CMD, "
+                                "N:garbage=CMD, N:oversize=CMD, or N:disconnect|slow|short|"
+                                "stall=CMD|BYTES with N from 1 to %u)",
                        opts.faults[i], rc == ST_ERANGE ? "no such device" : "bad fault",
                        opts.simulate);
                 exit_code = ST_EXIT_USAGE;

@@ -55,6 +55,7 @@ struct eng_vdfu {
     uint32_t pointer;      /* DfuSe address pointer */
     unsigned data_blocks;  /* since plug, for faults */
     unsigned req_count[7]; /* per bRequest, since plug, for faults */
+    bool pending_slow;     /* the block in hand keeps the device busy ENG_VDFU_SLOW_MS */
     bool leaving;          /* DfuSe leave: resets after the dfuMANIFEST answer */
 };
 
@@ -221,7 +222,33 @@ int eng_vdfu_parse_fault(struct eng_vdfu_config *cfg, const char *spec)
         cfg->corrupt_offset = (uint32_t)n;
         return 0;
     }
-    if ((klen == 5 && !strncmp(spec, "stall", 5)) || (klen == 6 && !strncmp(spec, "silent", 6))) {
+    if (!strcmp(v, "manifest")) {
+        if (klen == 10 && !strncmp(spec, "disconnect", 10))
+            cfg->disconnect_in_manifest = true;
+        else if (klen == 4 && !strncmp(spec, "fail", 4))
+            cfg->fail_manifest = true;
+        else if (klen == 4 && !strncmp(spec, "slow", 4))
+            cfg->slow_manifest = true;
+        else
+            return ST_EINVAL;
+        return 0;
+    }
+    const struct {
+        const char *kind;
+        int *request;
+        unsigned *at;
+    } by_request[] = {
+        {"stall", &cfg->stall_request, &cfg->stall_at},
+        {"silent", &cfg->silent_request, &cfg->silent_at},
+        {"disconnect", &cfg->disconnect_request, &cfg->disconnect_at},
+        {"garbage", &cfg->garbage_request, &cfg->garbage_at},
+        {"oversize", &cfg->oversize_request, &cfg->oversize_at},
+        {"short", &cfg->short_request, &cfg->short_at},
+        {"slow", &cfg->slow_request, &cfg->slow_at},
+    };
+    for (size_t k = 0; k < sizeof(by_request) / sizeof(by_request[0]); k++) {
+        if (strlen(by_request[k].kind) != klen || strncmp(spec, by_request[k].kind, klen))
+            continue;
         const char *at = strchr(v, '@');
         size_t rlen = at ? (size_t)(at - v) : strlen(v);
         int req = request_by_name(v, rlen);
@@ -233,17 +260,8 @@ int eng_vdfu_parse_fault(struct eng_vdfu_config *cfg, const char *spec)
             if (end == at + 1 || *end || n > 0xffffffffu)
                 return ST_EINVAL;
         }
-        if (klen == 5) {
-            cfg->stall_request = req + 1;
-            cfg->stall_at = (unsigned)n;
-        } else {
-            cfg->silent_request = req + 1;
-            cfg->silent_at = (unsigned)n;
-        }
-        return 0;
-    }
-    if (klen == 10 && !strncmp(spec, "disconnect", 10) && !strcmp(v, "manifest")) {
-        cfg->disconnect_in_manifest = true;
+        *by_request[k].request = req + 1;
+        *by_request[k].at = (unsigned)n;
         return 0;
     }
     return ST_EINVAL;
@@ -550,7 +568,7 @@ static int getstatus(struct eng_vdfu *dev, uint64_t now, uint8_t *data)
             set_error(dev, ENG_DFU_ERR_WRITE);
             break;
         }
-        unsigned busy = block_busy(dev);
+        unsigned busy = dev->pending_slow ? ENG_VDFU_SLOW_MS : block_busy(dev);
         /* DfuSe devices report dfuDNBUSY after every command, as dfu-util expects. */
         if (busy > 0 || dev->cfg.dfuse) {
             dev->state = ENG_DFU_DNBUSY;
@@ -587,8 +605,8 @@ static int getstatus(struct eng_vdfu *dev, uint64_t now, uint8_t *data)
             return ST_ENODEV;
         }
         dev->state = ENG_DFU_MANIFEST;
-        dev->busy_until = now + dev->cfg.manifest_ms;
-        poll = dev->cfg.manifest_ms;
+        poll = dev->cfg.slow_manifest ? ENG_VDFU_SLOW_MS : dev->cfg.manifest_ms;
+        dev->busy_until = now + poll;
         if (dev->cfg.dfuse)
             dev->leaving = true; /* DfuSe manifestation is "leave": it resets itself */
         break;
@@ -596,6 +614,10 @@ static int getstatus(struct eng_vdfu *dev, uint64_t now, uint8_t *data)
         if (now < dev->busy_until) {
             dev->stats.early_polls++;
             poll = (uint32_t)(dev->busy_until - now);
+            break;
+        }
+        if (dev->cfg.fail_manifest) {
+            set_error(dev, ENG_DFU_ERR_FIRMWARE); /* the new firmware does not check out */
             break;
         }
         dev->stats.manifests++;
@@ -636,17 +658,46 @@ void eng_vdfu_bus_reset(struct eng_vdfu *dev, uint64_t now_ms)
     dev->manifested = false;
 }
 
-static int fault_check(struct eng_vdfu *dev, unsigned req)
+static bool hits(int request, unsigned at, unsigned req, unsigned n)
 {
-    unsigned n = dev->req_count[req]++;
+    return request == (int)req + 1 && n == at;
+}
+
+/* Faults that replace the answer; `n` is this request's occurrence. */
+static int fault_check(struct eng_vdfu *dev, unsigned req, unsigned n)
+{
     if (dev->cfg.silent_request == (int)req + 1 && n >= dev->cfg.silent_at)
         return ST_EAGAIN;
-    if (dev->cfg.stall_request == (int)req + 1 && n == dev->cfg.stall_at) {
+    if (hits(dev->cfg.disconnect_request, dev->cfg.disconnect_at, req, n)) {
+        dev->gone = true;
+        return ST_ENODEV;
+    }
+    if (hits(dev->cfg.stall_request, dev->cfg.stall_at, req, n)) {
         if (dev->mode == 2)
             set_error(dev, ENG_DFU_ERR_STALLEDPKT);
         return ST_EPIPE;
     }
     return 0;
+}
+
+/* Faults that spoil an answer the device gave. */
+static void spoil_answer(struct eng_vdfu *dev, unsigned req, unsigned n, uint16_t wLength,
+                         uint8_t *data, size_t *actual)
+{
+    bool reads = req == ENG_DFU_GETSTATUS || req == ENG_DFU_UPLOAD || req == ENG_DFU_GETSTATE;
+    if (reads && hits(dev->cfg.garbage_request, dev->cfg.garbage_at, req, n)) {
+        if (req == ENG_DFU_GETSTATUS && *actual >= 6) {
+            data[0] = 0x77; /* bStatus: no such status */
+            data[4] = 0x5a; /* bState: no such state */
+        } else {
+            for (size_t i = 0; i < *actual; i++)
+                data[i] ^= 0x5a;
+        }
+    }
+    if (reads && hits(dev->cfg.oversize_request, dev->cfg.oversize_at, req, n))
+        *actual = (size_t)wLength + 16; /* more than asked: the transport sees babble */
+    if (hits(dev->cfg.short_request, dev->cfg.short_at, req, n))
+        *actual /= 2;
 }
 
 /* A request the state does not allow: STALL and dfuERROR (Appendix A). */
@@ -657,19 +708,14 @@ static int stall(struct eng_vdfu *dev)
     return ST_EPIPE;
 }
 
-static int dfu_request(struct eng_vdfu *dev, uint64_t now, const uint8_t *setup, uint8_t *data,
-                       size_t *actual)
+static int dfu_answer(struct eng_vdfu *dev, uint64_t now, const uint8_t *setup, uint8_t *data,
+                      size_t *actual)
 {
     unsigned req = setup[1];
     uint16_t wValue = le16(setup + 2);
     uint16_t wLength = le16(setup + 6);
     bool in = setup[0] & 0x80;
-    if (req > ENG_DFU_ABORT)
-        return stall(dev);
-    dev->stats.requests[req]++;
-    int rc = fault_check(dev, req);
-    if (rc)
-        return rc;
+    int rc;
 
     if (dev->mode == 1) {
         /* Run-time mode: DETACH, GETSTATUS and GETSTATE only (DFU 1.1 §3). */
@@ -816,6 +862,36 @@ static int dfu_request(struct eng_vdfu *dev, uint64_t now, const uint8_t *setup,
     default:
         return stall(dev); /* DETACH means nothing in DFU mode */
     }
+}
+
+static int dfu_request(struct eng_vdfu *dev, uint64_t now, const uint8_t *setup, uint8_t *data,
+                       size_t *actual)
+{
+    unsigned req = setup[1];
+    if (req > ENG_DFU_ABORT)
+        return stall(dev);
+    dev->stats.requests[req]++;
+    unsigned n = dev->req_count[req]++;
+    int rc = fault_check(dev, req, n);
+    if (rc)
+        return rc;
+    rc = dfu_answer(dev, now, setup, data, actual);
+    if (rc == 0 && req == ENG_DFU_DNLOAD)
+        dev->pending_slow = hits(dev->cfg.slow_request, dev->cfg.slow_at, req, n);
+    if (rc == 0)
+        spoil_answer(dev, req, n, le16(setup + 6), data, actual);
+    return rc;
+}
+
+unsigned eng_vdfu_answer_delay(const struct eng_vdfu *dev, const uint8_t setup[8])
+{
+    unsigned req = setup[1];
+    bool dfu_class = (setup[0] & 0x60) == 0x20 && (setup[0] & 0x1f) == 0x01;
+    if (!dfu_class || req > ENG_DFU_ABORT || req == ENG_DFU_DNLOAD || dev->gone)
+        return 0; /* a slow DNLOAD block shows as a long dfuDNBUSY instead */
+    return hits(dev->cfg.slow_request, dev->cfg.slow_at, req, dev->req_count[req])
+               ? ENG_VDFU_SLOW_MS
+               : 0;
 }
 
 /* Standard requests (USB 2.0 §9.4). */

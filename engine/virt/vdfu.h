@@ -93,7 +93,25 @@ struct eng_vdfu_config {
     bool disconnect_in_manifest; /* leaves the bus when it enters dfuMANIFEST */
     bool stuck_busy;             /* from data block stuck_block on, never leaves dfuDNBUSY */
     unsigned stuck_block;
+    /* More faults on the at-th occurrence (from 0) of bRequest + 1 (0 = off): */
+    int disconnect_request; /* leaves the bus for good instead of answering */
+    unsigned disconnect_at;
+    int garbage_request; /* GETSTATUS: bStatus and bState out of range;
+                            UPLOAD: the bytes scrambled */
+    unsigned garbage_at;
+    int oversize_request; /* answers more than wLength (babble: ST_EOVERFLOW) */
+    unsigned oversize_at;
+    int short_request; /* DNLOAD takes, GETSTATUS/UPLOAD answer, half of wLength */
+    unsigned short_at;
+    int slow_request; /* answers ENG_VDFU_SLOW_MS late (eng_vdfu_answer_delay());
+                         a DNLOAD block keeps it dfuDNBUSY that long */
+    unsigned slow_at;
+    bool fail_manifest; /* manifestation ends in dfuERROR, errFIRMWARE */
+    bool slow_manifest; /* manifestation takes ENG_VDFU_SLOW_MS */
 };
+
+/* How long a slow device takes over one request or manifestation. */
+#define ENG_VDFU_SLOW_MS 60000
 
 /* What the model did, for tests. */
 struct eng_vdfu_stats {
@@ -116,17 +134,26 @@ int eng_vdfu_new(const struct eng_vdfu_config *cfg, struct eng_vdfu **out);
 void eng_vdfu_free(struct eng_vdfu *dev);
 
 /* Parse one fault spec into cfg: "errwrite=BLOCK", "corrupt=OFFSET"
- * (alias "errverify=OFFSET"), "stall=REQ[@N]", "silent=REQ[@N]" (REQ:
- * detach, dnload, upload, getstatus, clrstatus, getstate, abort),
- * "disconnect=manifest", "stuck=BLOCK". 0 or ST_EINVAL. */
+ * (alias "errverify=OFFSET"), "stall=REQ[@N]", "silent=REQ[@N]",
+ * "disconnect=REQ[@N]", "garbage=REQ[@N]", "oversize=REQ[@N]",
+ * "short=REQ[@N]", "slow=REQ[@N]" (REQ: detach, dnload, upload,
+ * getstatus, clrstatus, getstate, abort; N counts from 0 since the device
+ * was plugged), "disconnect=manifest", "fail=manifest", "slow=manifest",
+ * "stuck=BLOCK". 0 or ST_EINVAL. */
 int eng_vdfu_parse_fault(struct eng_vdfu_config *cfg, const char *spec);
+
+/* How long the device lets the host wait before it answers this request
+ * (slow fault): 0, or ENG_VDFU_SLOW_MS. A transport asks before passing
+ * the request to eng_vdfu_control(), and holds it that long. */
+unsigned eng_vdfu_answer_delay(const struct eng_vdfu *dev, const uint8_t setup[8]);
 
 /*
  * One control request on endpoint 0. `setup` holds the 8 setup bytes
  * (bmRequestType, bRequest, wValue, wIndex, wLength; little-endian);
  * `data` has wLength bytes: what the host sent (OUT) or room for the
  * answer (IN). *actual receives the bytes moved (IN: may be fewer than
- * wLength; a short UPLOAD ends an upload).
+ * wLength; a short UPLOAD ends an upload; more than wLength, with only
+ * wLength bytes written, for the oversize fault: the caller reports babble).
  * Returns 0; ST_EPIPE when the device STALLs the request; ST_EAGAIN when
  * it does not answer (NAK until the host gives up: keep the request
  * pending until it is cancelled); ST_ENODEV when the device has just

@@ -24,6 +24,7 @@ struct vdt {
     uv_timer_t timer;
     struct eng_xfer *x; /* in flight */
     bool is_reset;      /* x is a bus reset, not a control request */
+    bool held;          /* x was held back for the device's answer delay */
     bool canceled;
     bool gone, notified, closing;
     eng_transport_close_cb close_cb;
@@ -109,10 +110,22 @@ static void fire(uv_timer_t *timer)
         maybe_finish_close(v);
         return;
     }
+    unsigned delay = v->held ? 0 : eng_vdfu_answer_delay(v->dev, x->setup);
+    if (delay) {
+        v->held = true; /* a slow device: NAKed for that long, then answered */
+        uv_timer_start(&v->timer, fire, delay, 0);
+        return;
+    }
     size_t actual = 0;
     int rc = eng_vdfu_control(v->dev, now, x->setup, x->buf, &actual);
     if (rc == ST_EAGAIN)
         return; /* NAKed: stays in flight until cancelled */
+    size_t wlength = (size_t)(x->setup[6] | x->setup[7] << 8);
+    if (rc == 0 && actual > wlength) {
+        /* more than the data stage holds: the host controller reports babble */
+        rc = ST_EOVERFLOW;
+        actual = wlength;
+    }
     if (rc == ST_ENODEV) {
         complete(v, ST_ENODEV, 0);
         go_away(v, ENG_VT_GONE);
@@ -138,6 +151,7 @@ static int start(struct vdt *v, struct eng_xfer *x, bool is_reset)
     x->actual = 0;
     v->x = x;
     v->is_reset = is_reset;
+    v->held = false;
     v->canceled = false;
     uv_timer_start(&v->timer, fire, v->latency_ms, 0);
     return 0;

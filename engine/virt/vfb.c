@@ -39,6 +39,8 @@ struct eng_vfb {
     uint8_t first[28];    /* first bytes of the download (a sparse header) */
     /* state */
     bool silent, gone, reenumerate;
+    bool slow;      /* slow fault: every bulk OUT transfer crawls from now on */
+    bool in_halted; /* stall fault: the bulk IN endpoint is halted */
     uint64_t bytes_total;
     unsigned commands, writes;
     char active_slot[4];
@@ -112,6 +114,24 @@ void eng_vfb_free(struct eng_vfb *d)
     free(d);
 }
 
+/* "KIND=CMD" or "KIND=BYTES" for the faults that take either. */
+static int parse_cmd_or_bytes(const char *val, char cmd[64], bool *enabled, uint64_t *bytes)
+{
+    if (val[0] >= '0' && val[0] <= '9') {
+        char *end;
+        unsigned long long n = strtoull(val, &end, 0);
+        if (*end != '\0')
+            return ST_EINVAL;
+        *enabled = true;
+        *bytes = n;
+        return 0;
+    }
+    if (strlen(val) >= 64)
+        return ST_EINVAL;
+    snprintf(cmd, 64, "%s", val);
+    return 0;
+}
+
 int eng_vfb_parse_fault(struct eng_vfb_config *cfg, const char *spec)
 {
     const char *eq = strchr(spec, '=');
@@ -128,15 +148,15 @@ int eng_vfb_parse_fault(struct eng_vfb_config *cfg, const char *spec)
         target = cfg->garbage_on;
     else if (klen == 8 && !strncmp(spec, "oversize", 8))
         target = cfg->oversize_on;
-    else if (klen == 10 && !strncmp(spec, "disconnect", 10)) {
-        char *end;
-        unsigned long long n = strtoull(val, &end, 0);
-        if (*end != '\0')
-            return ST_EINVAL;
-        cfg->disconnect_enabled = true;
-        cfg->disconnect_after = n;
-        return 0;
-    }
+    else if (klen == 10 && !strncmp(spec, "disconnect", 10))
+        return parse_cmd_or_bytes(val, cfg->disconnect_on, &cfg->disconnect_enabled,
+                                  &cfg->disconnect_after);
+    else if (klen == 4 && !strncmp(spec, "slow", 4))
+        return parse_cmd_or_bytes(val, cfg->slow_on, &cfg->slow_enabled, &cfg->slow_after);
+    else if (klen == 5 && !strncmp(spec, "short", 5))
+        return parse_cmd_or_bytes(val, cfg->short_on, &cfg->short_enabled, &cfg->short_after);
+    else if (klen == 5 && !strncmp(spec, "stall", 5))
+        return parse_cmd_or_bytes(val, cfg->stall_on, &cfg->stall_enabled, &cfg->stall_after);
     if (!target || strlen(val) >= 64)
         return ST_EINVAL;
     snprintf(target, 64, "%s", val);
@@ -215,6 +235,16 @@ static void do_command(struct eng_vfb *d, const char *cmd)
     d->commands++;
     if (d->silent || prefix(cmd, d->cfg.silent_on)) {
         d->silent = true;
+        return;
+    }
+    if (prefix(cmd, d->cfg.disconnect_on)) {
+        d->gone = true;
+        return;
+    }
+    if (prefix(cmd, d->cfg.slow_on))
+        d->slow = true;
+    if (prefix(cmd, d->cfg.stall_on)) {
+        d->in_halted = true;
         return;
     }
     if (prefix(cmd, d->cfg.garbage_on)) {
@@ -338,6 +368,12 @@ static void do_command(struct eng_vfb *d, const char *cmd)
     }
 }
 
+/* Does `n` more data bytes cross the fault's threshold? */
+static bool crosses(const struct eng_vfb *d, bool enabled, uint64_t after, uint64_t n)
+{
+    return enabled && d->bytes_total + n > after;
+}
+
 int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *accepted)
 {
     *accepted = 0;
@@ -346,10 +382,16 @@ int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *
     if (d->in_data) {
         uint64_t want = d->data_expected - d->data_got;
         size_t take = len < want ? len : (size_t)want;
-        bool leave = false;
-        if (d->cfg.disconnect_enabled && d->bytes_total + take > d->cfg.disconnect_after) {
+        int rc = 0;
+        if (crosses(d, d->cfg.disconnect_enabled, d->cfg.disconnect_after, take)) {
             take = (size_t)(d->cfg.disconnect_after - d->bytes_total);
-            leave = true;
+            rc = ST_ENODEV;
+        } else if (crosses(d, d->cfg.stall_enabled, d->cfg.stall_after, take)) {
+            take = (size_t)(d->cfg.stall_after - d->bytes_total);
+            rc = ST_EPIPE;
+        } else if (crosses(d, d->cfg.short_enabled, d->cfg.short_after, take)) {
+            /* a short packet: the transfer ends with fewer bytes, no error */
+            take = (size_t)(d->cfg.short_after - d->bytes_total);
         }
         if (!d->cfg.no_hash)
             XXH3_64bits_update(d->hash, data, take);
@@ -360,10 +402,12 @@ int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *
         d->data_got += take;
         d->bytes_total += take;
         *accepted = take;
-        if (leave) {
+        if (crosses(d, d->cfg.slow_enabled, d->cfg.slow_after, 0))
+            d->slow = true;
+        if (rc == ST_ENODEV)
             d->gone = true;
-            return ST_ENODEV;
-        }
+        if (rc)
+            return rc;
         if (d->data_got == d->data_expected) {
             d->in_data = false;
             d->staged = true;
@@ -385,8 +429,35 @@ int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *
     }
     memcpy(cmd, data, len);
     cmd[len] = '\0';
+    if (prefix(cmd, d->cfg.short_on)) {
+        /* half of the command arrives; the device waits for the rest */
+        d->commands++;
+        *accepted = len / 2;
+        return 0;
+    }
     do_command(d, cmd);
-    return 0;
+    return d->gone ? ST_ENODEV : 0;
+}
+
+bool eng_vfb_write_is_slow(const struct eng_vfb *d, const void *data, size_t len)
+{
+    if (d->slow)
+        return true;
+    if (d->in_data) {
+        uint64_t want = d->data_expected - d->data_got;
+        return crosses(d, d->cfg.slow_enabled, d->cfg.slow_after, len < want ? len : want);
+    }
+    char cmd[COMMAND_MAX + 1];
+    if (len > COMMAND_MAX)
+        return false;
+    memcpy(cmd, data, len);
+    cmd[len] = '\0';
+    return prefix(cmd, d->cfg.slow_on);
+}
+
+bool eng_vfb_in_halted(const struct eng_vfb *d)
+{
+    return d->in_halted && !d->gone;
 }
 
 bool eng_vfb_reply_pending(const struct eng_vfb *d)

@@ -41,7 +41,29 @@ struct eng_vfb_config {
     char oversize_on[64]; /* reply with more than 256 bytes */
     bool disconnect_enabled;
     uint64_t disconnect_after; /* leave after this many data bytes in total */
+    char disconnect_on[64];    /* take this command, then leave the bus */
+    /* Slow: from this command, or from the data chunk that crosses
+     * slow_after bytes, the device NAKs its bulk OUT endpoint: each
+     * transfer takes ENG_VFB_SLOW_MS (see eng_vfb_write_is_slow()). */
+    char slow_on[64];
+    bool slow_enabled;
+    uint64_t slow_after;
+    /* Short: the device takes only half of this command (and ignores
+     * it), or stops taking bytes at short_after in the data phase. */
+    char short_on[64];
+    bool short_enabled;
+    uint64_t short_after;
+    /* Stall: the device takes this command and halts its bulk IN
+     * endpoint instead of replying, or halts its bulk OUT endpoint at
+     * stall_after data bytes (eng_vfb_host_write() returns ST_EPIPE).
+     * Transports without endpoints (TCP) see silence instead. */
+    char stall_on[64];
+    bool stall_enabled;
+    uint64_t stall_after;
 };
+
+/* How long one bulk OUT transfer of a slow device takes. */
+#define ENG_VFB_SLOW_MS 60000
 
 struct eng_vfb_part {
     char name[32];
@@ -59,16 +81,28 @@ int eng_vfb_new(const struct eng_vfb_config *cfg, struct eng_vfb **out);
 void eng_vfb_free(struct eng_vfb *dev);
 
 /* Parse one fault spec into cfg: "fail=CMD", "silent=CMD", "garbage=CMD",
- * "oversize=CMD", "disconnect=BYTES". Returns 0 or ST_EINVAL. */
+ * "oversize=CMD", and "disconnect=", "slow=", "short=", "stall=" with
+ * either a command prefix (CMD) or a count of data bytes (BYTES, digits).
+ * Returns 0 or ST_EINVAL. */
 int eng_vfb_parse_fault(struct eng_vfb_config *cfg, const char *spec);
 
 /*
  * Host to device. In command state `data` is one command; in the data
- * phase any number of bytes. Sets *accepted to the bytes taken. Returns 0,
- * or ST_ENODEV when the device has (now) disconnected; then *accepted
- * says how many bytes it took before leaving.
+ * phase any number of bytes. Sets *accepted to the bytes taken (fewer
+ * than `len` for the short fault). Returns 0; ST_ENODEV when the device
+ * has (now) disconnected; ST_EPIPE when it halted its bulk OUT endpoint
+ * (stall fault). With an error *accepted says how many bytes it took
+ * first.
  */
 int eng_vfb_host_write(struct eng_vfb *dev, const void *data, size_t len, size_t *accepted);
+
+/* Would the device take this write slowly (slow fault)? Asked by a
+ * transport before it delivers the bytes, to pace them ENG_VFB_SLOW_MS. */
+bool eng_vfb_write_is_slow(const struct eng_vfb *dev, const void *data, size_t len);
+
+/* True once the device halted its bulk IN endpoint (stall fault): a read
+ * ends in a stall (ST_EPIPE) instead of a reply. */
+bool eng_vfb_in_halted(const struct eng_vfb *dev);
 
 /* True when a reply is queued for the host. */
 bool eng_vfb_reply_pending(const struct eng_vfb *dev);

@@ -105,6 +105,11 @@ static void in_fire(uv_timer_t *timer)
         complete(v, x, ST_ENODEV, 0);
         return;
     }
+    if (eng_vfb_in_halted(v->dev)) {
+        v->in = NULL;
+        complete(v, x, ST_EPIPE, 0); /* the endpoint is halted: a stall */
+        return;
+    }
     if (!eng_vfb_reply_pending(v->dev))
         return; /* keep waiting */
     v->in = NULL;
@@ -145,7 +150,7 @@ static void out_fire(uv_timer_t *timer)
         return;
     }
     complete(v, x, rc, accepted);
-    if (v->in && eng_vfb_reply_pending(v->dev))
+    if (v->in && (eng_vfb_reply_pending(v->dev) || eng_vfb_in_halted(v->dev)))
         start_in_timer(v);
 }
 
@@ -163,7 +168,10 @@ static int vt_submit(struct eng_transport *t, struct eng_xfer *x)
             return ST_EBUSY;
         double pace = eng_vfb_config(v->dev)->pace_mbps;
         uint64_t delay = 0;
-        if (pace > 0) {
+        if (eng_vfb_write_is_slow(v->dev, x->buf, x->len)) {
+            /* the device NAKs: the bytes go in long after any time limit */
+            delay = ENG_VFB_SLOW_MS;
+        } else if (pace > 0) {
             double now = (double)uv_now(v->loop);
             double start = v->busy_until_ms > now ? v->busy_until_ms : now;
             v->busy_until_ms = start + (double)x->len / (pace * 1e3);
@@ -179,7 +187,7 @@ static int vt_submit(struct eng_transport *t, struct eng_xfer *x)
             return ST_EBUSY;
         v->in = x;
         v->in_canceled = false;
-        if (eng_vfb_reply_pending(v->dev))
+        if (eng_vfb_reply_pending(v->dev) || eng_vfb_in_halted(v->dev))
             start_in_timer(v);
         return 0;
     }
