@@ -16,6 +16,8 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 static char dir[256];
 
 /* Run a shell command line; returns its exit status; output into `out`. */
@@ -23,44 +25,30 @@ static int sh(char *out, size_t len, const char *fmt, ...) __attribute__((format
 
 static int sh(char *out, size_t len, const char *fmt, ...)
 {
-    char cmd[2048];
+    char cmd[2048], *text;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(cmd, sizeof(cmd), fmt, ap);
     va_end(ap);
-    char full[2400];
-    snprintf(full, sizeof(full), "cd '%s' && (%s) 2>&1", dir, cmd);
-    FILE *p = popen(full, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void write_text(const char *name, const char *text)
-{
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
+    int rc = th_sh_out(&text, "cd '%s' && (%s) 2>&1", dir, cmd);
+    snprintf(out, len, "%s", text);
+    free(text);
+    return rc;
 }
 
 static void write_board(const char *image_line, const char *extra_match)
 {
     char ini[1024];
-    write_text("board.recipe", "recipe board 1\nprotocol dfu\n");
+    th_spit_in(dir, "board.recipe", "recipe board 1\nprotocol dfu\n");
     char recipe[1024];
     snprintf(recipe, sizeof(recipe),
              "recipe board 1\nprotocol dfu\n%s\ndfu-download 0 fw\ndfu-verify 0 fw\n", image_line);
-    write_text("board.recipe", recipe);
+    th_spit_in(dir, "board.recipe", recipe);
     snprintf(ini, sizeof(ini),
              "[station]\nid = t\n[profile board]\nmatch = class FE/01/02\n%s"
              "protocol = dfu\nrecipe = board.recipe\n",
              extra_match);
-    write_text("station.ini", ini);
+    th_spit_in(dir, "station.ini", ini);
 }
 
 static void test_examples_pass_and_a_changed_byte_is_refused(void **state)
@@ -139,16 +127,13 @@ static void test_dfuse_pack_files(void **state)
 
 static int group_setup(void **state)
 {
-    snprintf(dir, sizeof(dir), "%s/checkXXXXXX", TEST_TMPDIR);
-    mkdir(TEST_TMPDIR, 0755);
-    return mkdtemp(dir) ? 0 : -1;
+    th_tmpdir("check", dir, sizeof(dir));
+    return 0;
 }
 
 static int group_teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return th_rmtree(dir);
 }
 
 int main(void)

@@ -23,6 +23,8 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 struct fx {
     char dir[256];
     char db[300];
@@ -36,12 +38,10 @@ static int setup(void **state)
 {
     static unsigned counter;
     struct fx *fx = calloc(1, sizeof(*fx));
-    snprintf(fx->dir, sizeof(fx->dir), "%s/dashXXXXXX", TEST_TMPDIR);
-    mkdir(TEST_TMPDIR, 0755);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->db, sizeof(fx->db), "%s/t.db", fx->dir);
-    snprintf(fx->rc, sizeof(fx->rc), "%s/rc", fx->dir);
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
+    th_tmpdir("dash", fx->dir, sizeof(fx->dir));
+    th_path(fx->db, sizeof(fx->db), fx->dir, "t.db");
+    th_path(fx->rc, sizeof(fx->rc), fx->dir, "rc");
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
     snprintf(fx->sock, sizeof(fx->sock), "stdash%d_%u", (int)getpid(), counter++);
     *state = fx;
     return 0;
@@ -51,53 +51,15 @@ static int setup(void **state)
  * stderr to /dev/null; wait at most limit_s; returns the exit status. */
 static int run_argv(char *const argv[], const char *out_path, int limit_s)
 {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int n = open("/dev/null", O_RDWR);
-        dup2(n, 0);
-        dup2(o, 1);
-        dup2(n, 2);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    for (int i = 0; i < limit_s * 100; i++) {
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("%s did not exit within %d s", argv[0], limit_s);
-    return -1;
-}
-
-/* tmux -L <private socket> -f /dev/null ARGS... */
-static int tmux(struct fx *fx, ...)
-{
-    char *argv[32] = {"tmux", "-L", fx->sock, "-f", "/dev/null"};
-    int n = 5;
-    va_list ap;
-    va_start(ap, fx);
-    for (char *a; n < 31 && (a = va_arg(ap, char *));)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    return run_argv(argv, NULL, 20);
+    return th_run((const char *const *)argv, out_path, NULL, NULL, limit_s);
 }
 
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
     if (fx->started)
-        tmux(fx, "kill-server", NULL);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+        th_tmux(fx->sock, "kill-server", NULL);
+    th_rmtree(fx->dir);
     free(fx);
     return 0;
 }
@@ -108,7 +70,7 @@ static int teardown(void **state)
 static void start(struct fx *fx, int cols, int lines, const char *env, const char *args)
 {
     char cmd[2048], x[16], y[16];
-    if (system("command -v tmux >/dev/null 2>&1") != 0)
+    if (!th_have("tmux"))
         fail_msg("tmux is not installed (scripts/setup.sh installs it)");
     snprintf(cmd, sizeof(cmd),
              "env %s timeout --foreground 240 '%s' %s --db '%s'; echo $? > '%s'; sleep 120", env,
@@ -116,27 +78,13 @@ static void start(struct fx *fx, int cols, int lines, const char *env, const cha
     snprintf(x, sizeof(x), "%d", cols);
     snprintf(y, sizeof(y), "%d", lines);
     fx->started = true;
-    assert_int_equal(tmux(fx, "new-session", "-d", "-x", x, "-y", y, "-s", "st", cmd, NULL), 0);
+    assert_int_equal(
+        th_tmux(fx->sock, "new-session", "-d", "-x", x, "-y", y, "-s", "st", cmd, NULL), 0);
 }
 
 static char *capture_ex(struct fx *fx, bool escapes)
 {
-    char cmd[200];
-    snprintf(cmd, sizeof(cmd), "tmux -L %s -f /dev/null capture-pane -p %s -t st 2>/dev/null",
-             fx->sock, escapes ? "-e" : "");
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t n;
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (len + 1 == cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    pclose(p);
-    return buf;
+    return th_tmux_capture(fx->sock, "st", escapes);
 }
 
 static char *capture(struct fx *fx)
@@ -146,14 +94,7 @@ static char *capture(struct fx *fx)
 
 static void keys(struct fx *fx, const char *k)
 {
-    assert_int_equal(tmux(fx, "send-keys", "-t", "st", k, NULL), 0);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    th_tmux_keys(fx->sock, "st", k);
 }
 
 typedef bool (*screen_pred)(struct fx *fx, const char *screen, const void *arg);
@@ -162,17 +103,16 @@ typedef bool (*screen_pred)(struct fx *fx, const char *screen, const void *arg);
 static char *wait_for(struct fx *fx, int limit_ms, screen_pred ok, const void *arg,
                       const char *what)
 {
-    int64_t deadline = now_ms() + limit_ms;
+    int64_t deadline = th_now_ms() + limit_ms;
     char *s = NULL;
     for (;;) {
         free(s);
         s = capture(fx);
         if (ok(fx, s, arg))
             return s;
-        if (now_ms() > deadline)
+        if (th_now_ms() > deadline)
             break;
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        th_sleep_ms(50);
     }
     /* cmocka cuts long messages: the screen goes to stderr whole */
     fprintf(stderr, "---- screen while waiting for %s ----\n%s\n---- end of screen ----\n", what,
@@ -198,20 +138,6 @@ static char *wait_text(struct fx *fx, int limit_ms, const char *const *words)
 }
 
 /* ---- reading the screen ---- */
-
-/* Line n (0-based) of the screen, copied into buf. */
-static bool screen_line(const char *s, int n, char *buf, size_t size)
-{
-    for (int i = 0; i < n; i++) {
-        s = strchr(s, '\n');
-        if (!s)
-            return false;
-        s++;
-    }
-    size_t len = strcspn(s, "\n");
-    snprintf(buf, size, "%.*s", (int)len, s);
-    return true;
-}
 
 /* Columns of a UTF-8 line: everything the dashboard draws is one column wide. */
 static int columns(const char *s, size_t bytes)
@@ -242,14 +168,14 @@ static void tile_text(const char *screen, const char *label, int w, int h, char 
 {
     char line[1024];
     out[0] = '\0';
-    for (int n = 0; screen_line(screen, n, line, sizeof(line)); n++) {
+    for (int n = 0; th_screen_line(screen, n, line, sizeof(line)); n++) {
         char *at = strstr(line, label);
         if (!at)
             continue;
         int col = columns(line, (size_t)(at - line)) - 1;
         for (int k = 0; k < h; k++) {
             char l2[1024];
-            if (!screen_line(screen, n + k, l2, sizeof(l2)))
+            if (!th_screen_line(screen, n + k, l2, sizeof(l2)))
                 break;
             size_t a = offset_of(l2, col), b = offset_of(l2, col + w);
             snprintf(out + strlen(out), size - strlen(out), "%.*s\n", (int)(b - a), l2 + a);
@@ -280,7 +206,7 @@ static bool all_labels(struct fx *fx, const char *s, const void *arg)
 static bool progress_shown(struct fx *fx, const char *s, const void *arg)
 {
     char line[1024];
-    for (int n = 2; screen_line(s, n, line, sizeof(line)); n++) {
+    for (int n = 2; th_screen_line(s, n, line, sizeof(line)); n++) {
         if (!strstr(line, "%") || strstr(line, "yield"))
             continue;
         for (char *p = line; (p = strchr(p, '%')); p++) {
@@ -301,56 +227,23 @@ static bool results_shown(struct fx *fx, const char *s, const void *arg)
            tile_has(s, "virt-05", "FAIL", "disconnected") && tile_has(s, "virt-01", "PASS", "100%");
 }
 
-struct counts {
-    unsigned passed, failed, aborted, in_progress;
-};
-
-static bool header_counts(const char *s, struct counts *c)
-{
-    char line[1024];
-    if (!screen_line(s, 1, line, sizeof(line)))
-        return false;
-    const char *p = strstr(line, "passed ");
-    if (!p)
-        return false;
-    if (sscanf(p, "passed %u failed %u aborted %u", &c->passed, &c->failed, &c->aborted) != 3)
-        return false;
-    p = strstr(line, "in progress ");
-    return p && sscanf(p, "in progress %u", &c->in_progress) == 1;
-}
-
 static bool idle(struct fx *fx, const char *s, const void *arg)
 {
-    struct counts c;
-    return header_counts(s, &c) && c.in_progress == 0 && !strstr(s, "SAVING") &&
+    struct th_counts c;
+    return th_header_counts(s, &c) && c.in_progress == 0 && !strstr(s, "SAVING") &&
            c.passed + c.failed > 0;
-}
-
-static long long q_int(struct fx *fx, const char *sql)
-{
-    sqlite3 *c;
-    sqlite3_stmt *st;
-    long long v = -1;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(c, 2000);
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(c);
-    return v;
 }
 
 /* The header's committed counts equal the database's (the header counts in
  * the commit callback, so it may trail the file by a callback: poll). */
 static bool counts_match_db(struct fx *fx, const char *s, const void *arg)
 {
-    struct counts c;
-    if (!header_counts(s, &c))
+    struct th_counts c;
+    if (!th_header_counts(s, &c))
         return false;
-    return c.passed == q_int(fx, "SELECT COUNT(*) FROM sessions WHERE result='PASS'") &&
-           c.failed == q_int(fx, "SELECT COUNT(*) FROM sessions WHERE result='FAIL'") &&
-           c.aborted == q_int(fx, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED'");
+    return c.passed == th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='PASS'") &&
+           c.failed == th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='FAIL'") &&
+           c.aborted == th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED'");
 }
 
 /* After a resize to 80x24: one line per slot, each label once, nothing left
@@ -359,7 +252,7 @@ static bool clean_80x24(struct fx *fx, const char *s, const void *arg)
 {
     char line[1024], label[16];
     int n, last = -1;
-    for (n = 0; screen_line(s, n, line, sizeof(line)); n++) {
+    for (n = 0; th_screen_line(s, n, line, sizeof(line)); n++) {
         if (columns(line, strlen(line)) > 80)
             return false;
         char *v = strstr(line, "virt-");
@@ -368,16 +261,17 @@ static bool clean_80x24(struct fx *fx, const char *s, const void *arg)
         if (line[0])
             last = n;
     }
-    if (n < 24 || last != 23 || !screen_line(s, 23, line, sizeof(line)) || !strstr(line, "q quit"))
+    if (n < 24 || last != 23 || !th_screen_line(s, 23, line, sizeof(line)) ||
+        !strstr(line, "q quit"))
         return false;
-    if (!screen_line(s, 0, line, sizeof(line)) || !strstr(line, "station"))
+    if (!th_screen_line(s, 0, line, sizeof(line)) || !strstr(line, "station"))
         return false;
     /* each slot once, as a line of its own starting after the marker
      * column (the footer's events name slots too, further right) */
     for (int i = 1; i <= 12; i++) {
         int seen = 0;
         snprintf(label, sizeof(label), "virt-%02d", i);
-        for (n = 0; screen_line(s, n, line, sizeof(line)); n++) {
+        for (n = 0; th_screen_line(s, n, line, sizeof(line)); n++) {
             const char *a = strstr(line, label);
             seen += a && columns(line, (size_t)(a - line)) == 1;
         }
@@ -400,8 +294,7 @@ static int exit_code(struct fx *fx, int limit_ms)
     assert_non_null(f);
     for (int i = 0; i < 50 && fscanf(f, "%d", &rc) != 1; i++) {
         /* the shell may still be writing it */
-        struct timespec ts = {0, 20 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        th_sleep_ms(20);
         rewind(f);
     }
     fclose(f);
@@ -423,7 +316,7 @@ static void test_rack_faults_pause_resize_quit(void **state)
     s = wait_for(fx, 15000, all_labels, &twelve, "the 12 slot labels");
     char line[1024];
     bool row_of_four = false;
-    for (int n = 0; screen_line(s, n, line, sizeof(line)); n++)
+    for (int n = 0; th_screen_line(s, n, line, sizeof(line)); n++)
         row_of_four |= strstr(line, "virt-01") && strstr(line, "virt-04");
     assert_true(row_of_four);
     free(s);
@@ -457,8 +350,8 @@ static void test_rack_faults_pause_resize_quit(void **state)
     /* the header's counts are the database's */
     free(wait_for(fx, 20000, idle, NULL, "no session in progress"));
     s = wait_for(fx, 5000, counts_match_db, NULL, "header counts equal to the database's");
-    struct counts c;
-    assert_true(header_counts(s, &c));
+    struct th_counts c;
+    assert_true(th_header_counts(s, &c));
     assert_int_equal(c.failed, 2);
     assert_true(c.passed >= 1);
     free(s);
@@ -468,7 +361,8 @@ static void test_rack_faults_pause_resize_quit(void **state)
     free(wait_text(fx, 20000, waiting));
 
     /* a smaller terminal: redrawn cleanly, one line per slot */
-    assert_int_equal(tmux(fx, "resize-window", "-t", "st", "-x", "80", "-y", "24", NULL), 0);
+    assert_int_equal(th_tmux(fx->sock, "resize-window", "-t", "st", "-x", "80", "-y", "24", NULL),
+                     0);
     free(wait_for(fx, 5000, clean_80x24, NULL, "a clean 80x24 screen"));
 
     /* resume: the waiting units start */
@@ -483,19 +377,19 @@ static void test_rack_faults_pause_resize_quit(void **state)
     s = wait_text(fx, 5000, ask);
     free(s);
     s = capture(fx);
-    assert_true(header_counts(s, &c));
+    assert_true(th_header_counts(s, &c));
     unsigned in_flight = c.in_progress;
     assert_true(in_flight > 0);
     free(s);
     keys(fx, "y");
     assert_int_equal(exit_code(fx, 30000), 0);
 
-    long long aborted = q_int(fx, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED'");
+    long long aborted = th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED'");
     assert_true(aborted >= 1);
     assert_true(aborted <= in_flight);
-    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM sessions WHERE ended_ms IS NULL"), 0);
-    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED' AND "
-                               "reason LIKE 'station stopped during %'"),
+    assert_int_equal(th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE ended_ms IS NULL"), 0);
+    assert_int_equal(th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED' AND "
+                                       "reason LIKE 'station stopped during %'"),
                      aborted);
 }
 
@@ -509,8 +403,8 @@ static bool no_high_bytes(const char *s)
 
 static bool three_passed(struct fx *fx, const char *s, const void *arg)
 {
-    struct counts c;
-    return header_counts(s, &c) && c.passed == 3 && c.in_progress == 0;
+    struct th_counts c;
+    return th_header_counts(s, &c) && c.passed == 3 && c.in_progress == 0;
 }
 
 static void test_ascii_without_colour_and_quit_when_idle(void **state)
@@ -540,8 +434,7 @@ static void test_ascii_without_colour_and_quit_when_idle(void **state)
     s = capture(fx);
     for (int i = 0; i < 100 && strstr(s, "any key closes"); i++) {
         free(s);
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        th_sleep_ms(50);
         s = capture(fx);
     }
     assert_null(strstr(s, "any key closes"));
@@ -549,7 +442,7 @@ static void test_ascii_without_colour_and_quit_when_idle(void **state)
     /* nothing runs: q quits without asking */
     keys(fx, "q");
     assert_int_equal(exit_code(fx, 20000), 0);
-    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 3);
+    assert_int_equal(th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 3);
 }
 
 static void test_headless_flag_on_a_terminal(void **state)
@@ -619,9 +512,7 @@ static void test_log_format_json(void **state)
     fclose(f);
     char *py[] = {"python3", script, fx->out, NULL};
     if (run_argv(py, NULL, 60) != 0) {
-        char cmd[800];
-        snprintf(cmd, sizeof(cmd), "python3 '%s' '%s' 1>&2", script, fx->out);
-        if (system(cmd) != 0)
+        if (th_sh("python3 '%s' '%s' 1>&2", script, fx->out) != 0)
             fail_msg("the JSON lines in %s do not check out (see above)", fx->out);
     }
     /* a format that does not exist is a usage error */

@@ -11,7 +11,6 @@
 
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,13 +21,14 @@
 #include <uv.h>
 
 #include "db/db.h"
+#include "helpers.h"
 #include "st_error.h"
 
 #define TIME_LIMIT_MS 60000
 
 struct fx {
-    char dir[64];
-    char path[128];
+    char dir[256];
+    char path[300];
     uv_loop_t loop;
     struct db *db;
     bool writer_running;
@@ -50,20 +50,13 @@ struct commit {
 
 /* ---- fixture ------------------------------------------------------------ */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 static int setup(void **state)
 {
     struct fx *fx = calloc(1, sizeof *fx);
 
     assert_non_null(fx);
-    strcpy(fx->dir, "/tmp/test_db.XXXXXX");
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->path, sizeof fx->path, "%s/station.db", fx->dir);
+    th_tmpdir("db", fx->dir, sizeof fx->dir);
+    th_path(fx->path, sizeof fx->path, fx->dir, "station.db");
     assert_int_equal(uv_loop_init(&fx->loop), 0);
     *state = fx;
     return 0;
@@ -83,8 +76,8 @@ static void on_time_limit(uv_timer_t *t)
     *(bool *)t->data = true;
 }
 
-/* Run the loop until *flag is set; fail after TIME_LIMIT_MS. */
-static void run_until(struct fx *fx, const bool *flag)
+/* Run the loop until done(arg); fail after TIME_LIMIT_MS. */
+static void run_until_done(struct fx *fx, bool (*done)(const void *arg), const void *arg)
 {
     uv_timer_t timer;
     bool expired = false;
@@ -92,11 +85,28 @@ static void run_until(struct fx *fx, const bool *flag)
     assert_int_equal(uv_timer_init(&fx->loop, &timer), 0);
     timer.data = &expired;
     assert_int_equal(uv_timer_start(&timer, on_time_limit, TIME_LIMIT_MS, 0), 0);
-    while (!*flag && !expired)
+    while (!done(arg) && !expired)
         uv_run(&fx->loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&timer, NULL);
     uv_run(&fx->loop, UV_RUN_NOWAIT);
     assert_false(expired);
+}
+
+static bool flag_set(const void *flag)
+{
+    return *(const bool *)flag;
+}
+
+/* A callback counter (calls) that has counted one. */
+static bool called(const void *calls)
+{
+    return *(const int *)calls > 0;
+}
+
+/* Run the loop until *flag is set; fail after TIME_LIMIT_MS. */
+static void run_until(struct fx *fx, const bool *flag)
+{
+    run_until_done(fx, flag_set, flag);
 }
 
 static void stop_writer(struct fx *fx)
@@ -116,7 +126,7 @@ static int teardown(void **state)
     db_close(fx->db);
     uv_run(&fx->loop, UV_RUN_NOWAIT);
     assert_int_equal(uv_loop_close(&fx->loop), 0);
-    nftw(fx->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    th_rmtree(fx->dir);
     free(fx);
     return 0;
 }
@@ -143,23 +153,7 @@ static void open_and_start(struct fx *fx)
 
 static sqlite3 *peek_open(const char *path)
 {
-    sqlite3 *c = NULL;
-
-    assert_int_equal(sqlite3_open_v2(path, &c, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(c, 5000);
-    return c;
-}
-
-static int64_t peek_int(sqlite3 *c, const char *sql)
-{
-    sqlite3_stmt *st;
-    int64_t v;
-
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
+    return th_db_open(path, true);
 }
 
 /* The first column of the first row as text ("(null)" for NULL), or ""
@@ -184,6 +178,20 @@ static void assert_text(sqlite3 *c, const char *sql, const char *want)
 
     peek_text(c, sql, got, sizeof got);
     assert_string_equal(got, want);
+}
+
+/* Through a second connection, a trigger that makes every session end
+ * fail, as a full disk would. */
+static void fail_session_ends(struct fx *fx)
+{
+    sqlite3 *c = peek_open(fx->path);
+
+    assert_int_equal(sqlite3_exec(c,
+                                  "CREATE TRIGGER no_end BEFORE UPDATE OF result ON sessions"
+                                  " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(c);
 }
 
 /* ---- requests ----------------------------------------------------------- */
@@ -240,7 +248,7 @@ static void on_commit(int status, void *user_data)
         snprintf(sql, sizeof sql,
                  "SELECT COUNT(*) FROM sessions WHERE id = %lld AND result = 'PASS'",
                  (long long)c->check_id);
-        c->visible = peek_int(peek, sql) == 1;
+        c->visible = th_q_int(peek, sql) == 1;
         sqlite3_close(peek);
     }
 }
@@ -260,20 +268,10 @@ static int end(struct fx *fx, int64_t id, const char *result, struct commit *c)
     return db_session_end(fx->db, &e, on_commit, c);
 }
 
-/* A flag for run_until that becomes true once c has been called. */
+/* Run the loop until c has been called. */
 static void wait_commit(struct fx *fx, struct commit *c)
 {
-    uv_timer_t timer;
-    bool expired = false;
-
-    assert_int_equal(uv_timer_init(&fx->loop, &timer), 0);
-    timer.data = &expired;
-    assert_int_equal(uv_timer_start(&timer, on_time_limit, TIME_LIMIT_MS, 0), 0);
-    while (c->calls == 0 && !expired)
-        uv_run(&fx->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&timer, NULL);
-    uv_run(&fx->loop, UV_RUN_NOWAIT);
-    assert_false(expired);
+    run_until_done(fx, called, &c->calls);
 }
 
 /* ---- tests -------------------------------------------------------------- */
@@ -292,12 +290,12 @@ static void test_open_creates_schema(void **state)
     fx->db = NULL;
 
     c = peek_open(fx->path);
-    assert_int_equal(peek_int(c, "PRAGMA user_version"), DB_SCHEMA_VERSION);
+    assert_int_equal(th_q_int(c, "PRAGMA user_version"), DB_SCHEMA_VERSION);
     assert_text(c, "PRAGMA journal_mode", "wal");
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND"
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND"
                                  " name IN ('sessions','steps','images','session_images')"),
                      4);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND"
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND"
                                  " sql IS NOT NULL AND tbl_name = 'sessions'"),
                      4);
     sqlite3_close(c);
@@ -406,10 +404,10 @@ static void test_group_commit(void **state)
     assert_true(max_ms >= mean_ms && mean_ms > 0.0);
 
     c = peek_open(fx->path);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'"), N);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM steps"), N);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM session_images"), 2 * N);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM images"), 2);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'"), N);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM steps"), N);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM session_images"), 2 * N);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM images"), 2);
     sqlite3_close(c);
     free(cm);
 }
@@ -443,7 +441,7 @@ static void test_recovery(void **state)
                 "ABORTED|station stopped during flash:system");
     assert_text(c, "SELECT result || '|' || reason FROM sessions WHERE id = 2",
                 "ABORTED|station stopped during start");
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms > 1700000000000"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms > 1700000000000"),
                      2);
     sqlite3_close(c);
 
@@ -477,7 +475,7 @@ static void test_recovery_counts_one(void **state)
 static void test_open_missing_dir(void **state)
 {
     struct fx *fx = *state;
-    char path[192], err[512];
+    char path[400], err[512];
     struct db *db = NULL;
 
     snprintf(path, sizeof path, "%s/nope/t.db", fx->dir);
@@ -508,7 +506,7 @@ static void test_open_read_only_file(void **state)
 {
     struct fx *fx = *state;
     struct db *db = NULL;
-    char err[512], cmd[256];
+    char err[512];
     bool immutable = false;
 
     assert_int_equal(db_open(fx->path, &fx->db, err, sizeof err), 0);
@@ -518,15 +516,13 @@ static void test_open_read_only_file(void **state)
     if (geteuid() == 0) {
         /* root writes through file permissions, not through the
          * immutable flag (ext4, xfs, btrfs; not every file system) */
-        snprintf(cmd, sizeof cmd, "chattr +i '%s' 2>/dev/null", fx->path);
-        if (system(cmd) != 0)
+        if (th_sh("chattr +i '%s' 2>/dev/null", fx->path) != 0)
             skip();
         immutable = true;
     }
     assert_int_equal(db_open(fx->path, &db, err, sizeof err), ST_EACCES);
     if (immutable) {
-        snprintf(cmd, sizeof cmd, "chattr -i '%s'", fx->path);
-        assert_int_equal(system(cmd), 0);
+        assert_int_equal(th_sh("chattr -i '%s'", fx->path), 0);
     }
     assert_null(db);
     assert_non_null(strstr(err, fx->path));
@@ -594,7 +590,7 @@ static void test_migrate_v1_to_latest(void **state)
     fx->db = NULL;
 
     c = peek_open(fx->path);
-    assert_int_equal(peek_int(c, "PRAGMA user_version"), DB_SCHEMA_VERSION);
+    assert_int_equal(th_q_int(c, "PRAGMA user_version"), DB_SCHEMA_VERSION);
     peek_text(c,
               "SELECT group_concat(quote(id) || quote(station) || quote(slot) || quote(port) ||"
               " quote(usb_serial) || quote(serial) || quote(product) || quote(recipe) ||"
@@ -606,19 +602,19 @@ static void test_migrate_v1_to_latest(void **state)
                 "FAIL|a, \"quoted\"\nreason");
     assert_text(c, "SELECT result || '|' || reason FROM sessions WHERE id = 3",
                 "ABORTED|station stopped during flash:boot");
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM steps"), 3);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM session_images"), 2);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM images"), 1);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM steps"), 3);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM session_images"), 2);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM images"), 1);
     /* the rebuilt table: new CHECK, every index back, references intact */
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'sessions_v2'"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'sessions_v2'"),
                      0);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND"
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND"
                                  " sql IS NOT NULL AND tbl_name = 'sessions'"),
                      4);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM pragma_foreign_key_list('steps') WHERE"
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM pragma_foreign_key_list('steps') WHERE"
                                  " \"table\" = 'sessions'"),
                      1);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM pragma_foreign_key_check"), 0);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM pragma_foreign_key_check"), 0);
     assert_text(c, "PRAGMA integrity_check", "ok");
     assert_int_equal(
         sqlite3_exec(c, "UPDATE sessions SET result = 'SKIPPED' WHERE id = 1", NULL, NULL, NULL),
@@ -655,7 +651,7 @@ static void test_migration_refuses_orphans(void **state)
     assert_non_null(strstr(err, fx->path));
     assert_non_null(strstr(err, "steps"));
     c = peek_open(fx->path); /* rolled back: still version 1 */
-    assert_int_equal(peek_int(c, "PRAGMA user_version"), 1);
+    assert_int_equal(th_q_int(c, "PRAGMA user_version"), 1);
     sqlite3_close(c);
 }
 
@@ -675,17 +671,7 @@ static void on_found(int status, int64_t passed_ms, void *user_data)
 
 static void wait_found(struct fx *fx, struct found *f)
 {
-    uv_timer_t timer;
-    bool expired = false;
-
-    assert_int_equal(uv_timer_init(&fx->loop, &timer), 0);
-    timer.data = &expired;
-    assert_int_equal(uv_timer_start(&timer, on_time_limit, TIME_LIMIT_MS, 0), 0);
-    while (f->calls == 0 && !expired)
-        uv_run(&fx->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&timer, NULL);
-    uv_run(&fx->loop, UV_RUN_NOWAIT);
-    assert_false(expired);
+    run_until_done(fx, called, &f->calls);
 }
 
 static void test_find_pass(void **state)
@@ -732,7 +718,6 @@ static void test_find_pass_answered_by_drain_and_after_failure(void **state)
     struct commit bad = {.fx = fx};
     struct found f1 = {0}, f2 = {0}, f3 = {0};
     int64_t a;
-    sqlite3 *c;
 
     open_and_start(fx);
     /* a lookup still queued when the writer stops is answered, once */
@@ -746,13 +731,7 @@ static void test_find_pass_answered_by_drain_and_after_failure(void **state)
 
     /* a lookup in a batch that fails gets ST_EDB; after that, none is taken */
     open_and_start(fx);
-    c = peek_open(fx->path);
-    assert_int_equal(sqlite3_exec(c,
-                                  "CREATE TRIGGER no_end BEFORE UPDATE OF result ON sessions"
-                                  " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(c);
+    fail_session_ends(fx);
     a = db_next_session_id(fx->db);
     assert_int_equal(begin(fx, a), 0);
     assert_int_equal(end(fx, a, "PASS", &bad), 0);
@@ -814,9 +793,9 @@ static void test_newer_schema_refused(void **state)
     assert_non_null(strstr(err, "99"));
 
     c = peek_open(fx->path); /* left as it was */
-    assert_int_equal(peek_int(c, "PRAGMA user_version"), 99);
+    assert_int_equal(th_q_int(c, "PRAGMA user_version"), 99);
     assert_text(c, "PRAGMA journal_mode", "delete");
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'sessions'"), 0);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sqlite_master WHERE name = 'sessions'"), 0);
     sqlite3_close(c);
 }
 
@@ -836,13 +815,7 @@ static void test_writer_failure(void **state)
 
     /* Another connection makes every session end fail, as a full disk
      * would; the begin may go in an earlier batch, the end never does. */
-    c = peek_open(fx->path);
-    assert_int_equal(sqlite3_exec(c,
-                                  "CREATE TRIGGER no_end BEFORE UPDATE OF result ON sessions"
-                                  " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(c);
+    fail_session_ends(fx);
 
     b = db_next_session_id(fx->db);
     assert_int_equal(begin(fx, b), 0);
@@ -864,7 +837,7 @@ static void test_writer_failure(void **state)
     assert_int_equal(fx->n_errors, 1);
 
     c = peek_open(fx->path); /* the failed batch was rolled back */
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE result IS NOT NULL"), 1);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result IS NOT NULL"), 1);
     sqlite3_close(c);
 }
 
@@ -913,7 +886,7 @@ static void test_stop_drains_queue(void **state)
         assert_true(cm[i].order < fx->events);
     }
     c = peek_open(fx->path);
-    assert_int_equal(peek_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'"), N);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'"), N);
     sqlite3_close(c);
 }
 

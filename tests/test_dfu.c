@@ -34,6 +34,7 @@
 #include "engine/virt/rack.h"
 #include "engine/virt/vdfu.h"
 #include "engine/virt/vdfu_transport.h"
+#include "helpers.h"
 
 #define ALARM_S 30
 #define GUARD_MS 10000
@@ -220,39 +221,60 @@ static uint8_t *pattern(struct fx *fx, unsigned slot, size_t len, unsigned seed)
     return b;
 }
 
+/* `len` bytes of pattern `seed` (image slot 0) as one segment at 0. */
+static struct eng_dfu_segment one_segment(struct fx *fx, size_t len, unsigned seed)
+{
+    return (struct eng_dfu_segment){.data = pattern(fx, 0, len, seed), .len = len};
+}
+
+/* The operation ended with `status` and, unless text is NULL, said
+ * exactly `text`. */
+static void expect_done(const struct done *dn, int status, const char *text)
+{
+    assert_int_equal(dn->status, status);
+    if (text)
+        assert_string_equal(dn->text, text);
+}
+
 static const struct eng_dfu_limits quick = {.request_ms = 500, .busy_ms = 1000, .total_ms = 8000};
+
+/* dn, cleared, for one operation of the driver. */
+static void begin_op(struct fx *fx, struct done *dn)
+{
+    memset(dn, 0, sizeof(*dn));
+    dn->fx = fx;
+}
+
+/* The operation started: run until it calls back, exactly once. */
+static void end_op(struct fx *fx, struct done *dn)
+{
+    fx->started++;
+    run_until(fx, &dn->calls, 1);
+    assert_int_equal(dn->calls, 1);
+}
 
 static void download(struct fx *fx, unsigned alt, const struct eng_dfu_segment *segs, unsigned n,
                      const struct eng_dfu_limits *lim, struct done *dn)
 {
-    memset(dn, 0, sizeof(*dn));
-    dn->fx = fx;
+    begin_op(fx, dn);
     assert_int_equal(eng_dfu_download(fx->d, alt, segs, n, lim ? lim : &quick, on_done, dn), 0);
-    fx->started++;
     assert_int_equal(dn->calls, 0); /* never from inside the call */
-    run_until(fx, &dn->calls, 1);
-    assert_int_equal(dn->calls, 1);
+    end_op(fx, dn);
 }
 
 static void verify(struct fx *fx, unsigned alt, const struct eng_dfu_segment *segs, unsigned n,
                    struct done *dn)
 {
-    memset(dn, 0, sizeof(*dn));
-    dn->fx = fx;
+    begin_op(fx, dn);
     assert_int_equal(eng_dfu_verify(fx->d, alt, segs, n, &quick, on_done, dn), 0);
-    fx->started++;
-    run_until(fx, &dn->calls, 1);
-    assert_int_equal(dn->calls, 1);
+    end_op(fx, dn);
 }
 
 static void detach(struct fx *fx, struct done *dn)
 {
-    memset(dn, 0, sizeof(*dn));
-    dn->fx = fx;
+    begin_op(fx, dn);
     assert_int_equal(eng_dfu_detach(fx->d, &quick, on_done, dn), 0);
-    fx->started++;
-    run_until(fx, &dn->calls, 1);
-    assert_int_equal(dn->calls, 1);
+    end_op(fx, dn);
 }
 
 static void assert_memory_holds(struct fx *fx, unsigned alt, uint32_t addr, const uint8_t *want,
@@ -277,14 +299,12 @@ static void test_plain_download_and_verify(void **state)
     assert_int_equal(fx->t->vid, 0x0483);
     assert_int_equal(fx->t->pid, 0xdf11);
     assert_string_equal(fx->t->dfu.alt_names[0], "Flash");
-    uint8_t *img = pattern(fx, 0, 10000, 1);
-    struct eng_dfu_segment seg = {.data = img, .len = 10000};
+    struct eng_dfu_segment seg = one_segment(fx, 10000, 1);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
-    assert_int_equal(dn.status, 0);
-    assert_string_equal(dn.text, "10000 bytes in 10 blocks, manifested");
+    expect_done(&dn, 0, "10000 bytes in 10 blocks, manifested");
     assert_false(eng_dfu_device_left(fx->d));
-    assert_memory_holds(fx, 0, 0, img, 10000);
+    assert_memory_holds(fx, 0, 0, seg.data, 10000);
     assert_int_equal(eng_vdfu_firmware_len(fx->dev, 0), 10000);
     assert_int_equal(eng_vdfu_stats(fx->dev)->manifests, 1);
     assert_int_equal(eng_vdfu_state(fx->dev), ENG_DFU_IDLE);
@@ -293,8 +313,7 @@ static void test_plain_download_and_verify(void **state)
     assert_int_equal(fx->last_done, 10000);
 
     verify(fx, 0, &seg, 1, &dn);
-    assert_int_equal(dn.status, 0);
-    assert_string_equal(dn.text, "10000 bytes match");
+    expect_done(&dn, 0, "10000 bytes match");
     assert_int_equal(eng_vdfu_state(fx->dev), ENG_DFU_IDLE);
 }
 
@@ -303,12 +322,10 @@ static void test_plain_exact_blocks_and_longer_memory(void **state)
     struct fx *fx = *state;
     fx->cfg.transfer_size = 512;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 8192, 2);
-    struct eng_dfu_segment seg = {.data = img, .len = 8192};
+    struct eng_dfu_segment seg = one_segment(fx, 8192, 2);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
-    assert_int_equal(dn.status, 0);
-    assert_string_equal(dn.text, "8192 bytes in 16 blocks, manifested");
+    expect_done(&dn, 0, "8192 bytes in 16 blocks, manifested");
     /* Upload returns full blocks up to the end: the driver stops with ABORT. */
     verify(fx, 0, &seg, 1, &dn);
     assert_int_equal(dn.status, 0);
@@ -317,8 +334,7 @@ static void test_plain_exact_blocks_and_longer_memory(void **state)
     uint8_t *longer = pattern(fx, 1, 9000, 2);
     struct eng_dfu_segment seg2 = {.data = longer, .len = 9000};
     verify(fx, 0, &seg2, 1, &dn);
-    assert_int_equal(dn.status, ST_EIO);
-    assert_string_equal(dn.text, "verify alt 0: device returned 8192 of 9000 bytes");
+    expect_done(&dn, ST_EIO, "verify alt 0: device returned 8192 of 9000 bytes");
 }
 
 static void test_manifestation_wait_reset(void **state)
@@ -327,12 +343,10 @@ static void test_manifestation_wait_reset(void **state)
     fx->cfg.attributes = ENG_DFU_ATTR_CAN_DNLOAD | ENG_DFU_ATTR_CAN_UPLOAD;
     fx->cfg.manifest_ms = 20;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 3000, 3);
-    struct eng_dfu_segment seg = {.data = img, .len = 3000};
+    struct eng_dfu_segment seg = one_segment(fx, 3000, 3);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
-    assert_int_equal(dn.status, 0);
-    assert_string_equal(dn.text, "3000 bytes in 3 blocks, manifested; device reset");
+    expect_done(&dn, 0, "3000 bytes in 3 blocks, manifested; device reset");
     assert_true(eng_dfu_device_left(fx->d));
     run_until(fx, &fx->n_reenum, 1);
     assert_int_equal(eng_vdfu_stats(fx->dev)->resets, 1);
@@ -350,8 +364,7 @@ static void test_manifestation_wait_reset_into_runtime(void **state)
     fx->cfg.attributes = ENG_DFU_ATTR_CAN_DNLOAD | ENG_DFU_ATTR_CAN_UPLOAD;
     fx->cfg.runtime_app = true;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 2048, 4);
-    struct eng_dfu_segment seg = {.data = img, .len = 2048};
+    struct eng_dfu_segment seg = one_segment(fx, 2048, 4);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
     assert_int_equal(dn.status, 0);
@@ -389,8 +402,7 @@ static void test_several_alt_settings(void **state)
     assert_int_equal(dn.status, 0);
     /* too big for the bootloader alt */
     download(fx, 1, &sa, 1, NULL, &dn);
-    assert_int_equal(dn.status, ST_EDEVFAIL);
-    assert_string_equal(dn.text, "download alt 1 block 8: errADDRESS");
+    expect_done(&dn, ST_EDEVFAIL, "download alt 1 block 8: errADDRESS");
     /* no such alt */
     assert_int_equal(eng_dfu_download(fx->d, 2, &sa, 1, &quick, on_done, &dn), ST_EINVAL);
     assert_true(eng_vdfu_stats(fx->dev)->set_interface >= 5);
@@ -405,14 +417,12 @@ static void test_runtime_detach_then_download(void **state)
     start_dev(fx);
     assert_int_equal(fx->t->dfu.mode, 1);
     assert_int_equal(fx->t->pid, 0x5740);
-    uint8_t *img = pattern(fx, 0, 4000, 7);
-    struct eng_dfu_segment seg = {.data = img, .len = 4000};
+    struct eng_dfu_segment seg = one_segment(fx, 4000, 7);
     struct done dn;
     /* nothing but detach works in run-time mode */
     assert_int_equal(eng_dfu_download(fx->d, 0, &seg, 1, &quick, on_done, &dn), ST_EINVAL);
     detach(fx, &dn);
-    assert_int_equal(dn.status, 0);
-    assert_string_equal(dn.text, "detached and reset");
+    expect_done(&dn, 0, "detached and reset");
     assert_true(eng_dfu_device_left(fx->d));
     run_until(fx, &fx->n_reenum, 1);
     assert_int_equal(eng_vdfu_stats(fx->dev)->detaches, 1);
@@ -424,8 +434,7 @@ static void test_runtime_detach_then_download(void **state)
     assert_int_equal(dn.status, 0);
     /* detach in DFU mode: nothing to do */
     detach(fx, &dn);
-    assert_int_equal(dn.status, 0);
-    assert_string_equal(dn.text, "already in DFU mode (dfuIDLE)");
+    expect_done(&dn, 0, "already in DFU mode (dfuIDLE)");
     assert_false(eng_dfu_device_left(fx->d));
 }
 
@@ -472,8 +481,7 @@ static void test_dfuse_download_with_erase(void **state)
     assert_int_equal(eng_vdfu_state(fx->dev), ENG_DFU_IDLE);
     assert_int_equal(eng_vdfu_stats(fx->dev)->manifests, 0); /* still in DFU mode */
     verify(fx, 0, segs, 2, &dn);
-    assert_int_equal(dn.status, 0);
-    assert_string_equal(dn.text, "43000 bytes match");
+    expect_done(&dn, 0, "43000 bytes match");
 
     /* outside the layout: refused before anything is sent */
     struct eng_dfu_segment out = {.address = 0x08100000, .data = a, .len = 16};
@@ -494,11 +502,9 @@ static void test_dfuse_leave(void **state)
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
     assert_int_equal(dn.status, 0);
-    memset(&dn, 0, sizeof(dn));
-    dn.fx = fx;
+    begin_op(fx, &dn);
     assert_int_equal(eng_dfu_leave(fx->d, 0, 0x08000000, &quick, on_done, &dn), 0);
-    fx->started++;
-    run_until(fx, &dn.calls, 1);
+    end_op(fx, &dn);
     assert_int_equal(dn.status, 0);
     assert_non_null(strstr(dn.text, "left DFU mode at 0x08000000"));
     assert_true(eng_dfu_device_left(fx->d));
@@ -514,12 +520,10 @@ static void test_err_write_names_block_and_status(void **state)
     assert_int_equal(eng_vdfu_parse_fault(&fx->cfg, "errwrite=37"), 0);
     fx->cfg.transfer_size = 256;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 20000, 11);
-    struct eng_dfu_segment seg = {.data = img, .len = 20000};
+    struct eng_dfu_segment seg = one_segment(fx, 20000, 11);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
-    assert_int_equal(dn.status, ST_EDEVFAIL);
-    assert_string_equal(dn.text, "download alt 0 block 37: errWRITE");
+    expect_done(&dn, ST_EDEVFAIL, "download alt 0 block 37: errWRITE");
     /* CLRSTATUS was sent: the device is ready for a retry */
     assert_int_equal(eng_vdfu_state(fx->dev), ENG_DFU_IDLE);
     assert_int_equal(eng_vdfu_stats(fx->dev)->requests[ENG_DFU_CLRSTATUS], 1);
@@ -530,8 +534,7 @@ static void test_err_verify_read_back_differs(void **state)
     struct fx *fx = *state;
     assert_int_equal(eng_vdfu_parse_fault(&fx->cfg, "errverify=4096"), 0);
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 10000, 12);
-    struct eng_dfu_segment seg = {.data = img, .len = 10000};
+    struct eng_dfu_segment seg = one_segment(fx, 10000, 12);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
     assert_int_equal(dn.status, 0);
@@ -539,7 +542,7 @@ static void test_err_verify_read_back_differs(void **state)
     assert_int_equal(dn.status, ST_EIO);
     char want[128];
     snprintf(want, sizeof(want), "verify alt 0: byte 4096 differs (image 0x%02x, device 0x%02x)",
-             img[4096], img[4096] ^ 0xa5);
+             seg.data[4096], seg.data[4096] ^ 0xa5);
     assert_string_equal(dn.text, want);
     assert_int_equal(eng_vdfu_state(fx->dev), ENG_DFU_IDLE); /* ABORT ended the upload */
 }
@@ -549,12 +552,10 @@ static void test_stalled_request(void **state)
     struct fx *fx = *state;
     assert_int_equal(eng_vdfu_parse_fault(&fx->cfg, "stall=dnload@3"), 0);
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 8000, 13);
-    struct eng_dfu_segment seg = {.data = img, .len = 8000};
+    struct eng_dfu_segment seg = one_segment(fx, 8000, 13);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
-    assert_int_equal(dn.status, ST_EPIPE);
-    assert_string_equal(dn.text, "download alt 0 block 3: device stalled DNLOAD");
+    expect_done(&dn, ST_EPIPE, "download alt 0 block 3: device stalled DNLOAD");
     assert_int_equal(eng_vdfu_state(fx->dev), ENG_DFU_IDLE); /* CLRSTATUS after the stall */
     /* a second try starts clean and passes */
     download(fx, 0, &seg, 1, NULL, &dn);
@@ -568,8 +569,7 @@ static void test_silent_request_times_out(void **state)
     fx->cfg.block_busy_ms = 0; /* one GETSTATUS per block */
     fx->cfg.erase_busy_ms = 0;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 8000, 14);
-    struct eng_dfu_segment seg = {.data = img, .len = 8000};
+    struct eng_dfu_segment seg = one_segment(fx, 8000, 14);
     struct eng_dfu_limits lim = {.request_ms = 150, .busy_ms = 1000};
     struct done dn;
     uint64_t t0 = uv_now(&fx->loop);
@@ -585,12 +585,10 @@ static void test_disconnect_during_manifestation(void **state)
     struct fx *fx = *state;
     assert_int_equal(eng_vdfu_parse_fault(&fx->cfg, "disconnect=manifest"), 0);
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 3000, 15);
-    struct eng_dfu_segment seg = {.data = img, .len = 3000};
+    struct eng_dfu_segment seg = one_segment(fx, 3000, 15);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
-    assert_int_equal(dn.status, ST_ENODEV);
-    assert_string_equal(dn.text, "download alt 0: device disconnected during manifestation");
+    expect_done(&dn, ST_ENODEV, "download alt 0: device disconnected during manifestation");
     assert_int_equal(fx->n_gone, 1);
     assert_true(eng_vdfu_gone(fx->dev));
 }
@@ -601,8 +599,7 @@ static void test_disconnect_in_manifestation_is_the_reset_when_not_tolerant(void
     assert_int_equal(eng_vdfu_parse_fault(&fx->cfg, "disconnect=manifest"), 0);
     fx->cfg.attributes = ENG_DFU_ATTR_CAN_DNLOAD | ENG_DFU_ATTR_CAN_UPLOAD;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 3000, 16);
-    struct eng_dfu_segment seg = {.data = img, .len = 3000};
+    struct eng_dfu_segment seg = one_segment(fx, 3000, 16);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
     assert_int_equal(dn.status, 0);
@@ -616,14 +613,13 @@ static void test_never_leaves_dnbusy_fails_within_limit(void **state)
     assert_int_equal(eng_vdfu_parse_fault(&fx->cfg, "stuck=2"), 0);
     fx->cfg.block_busy_ms = 20;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 8000, 17);
-    struct eng_dfu_segment seg = {.data = img, .len = 8000};
+    struct eng_dfu_segment seg = one_segment(fx, 8000, 17);
     struct eng_dfu_limits lim = {.request_ms = 500, .busy_ms = 300};
     struct done dn;
     uint64_t t0 = uv_now(&fx->loop);
     download(fx, 0, &seg, 1, &lim, &dn);
-    assert_int_equal(dn.status, ST_ETIMEDOUT);
-    assert_string_equal(dn.text, "download alt 0 block 2: device stays in dfuDNBUSY beyond 0.3 s");
+    expect_done(&dn, ST_ETIMEDOUT,
+                "download alt 0 block 2: device stays in dfuDNBUSY beyond 0.3 s");
     uint64_t took = dn.at_ms - t0;
     assert_true(took >= 250 && took < 550); /* blocks 0-1 take ~45 ms, then the limit */
 }
@@ -634,8 +630,7 @@ static void test_whole_download_limit(void **state)
     fx->cfg.block_busy_ms = 10;
     fx->cfg.transfer_size = 64;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 64 * 100, 18);
-    struct eng_dfu_segment seg = {.data = img, .len = 64 * 100};
+    struct eng_dfu_segment seg = one_segment(fx, 64 * 100, 18);
     struct eng_dfu_limits lim = {.request_ms = 500, .busy_ms = 500, .total_ms = 200};
     struct done dn;
     download(fx, 0, &seg, 1, &lim, &dn);
@@ -650,12 +645,10 @@ static void test_unplug_mid_download(void **state)
     start_dev(fx);
     fx->unplug_on_progress = true;
     fx->unplug_after = 3;
-    uint8_t *img = pattern(fx, 0, 10000, 19);
-    struct eng_dfu_segment seg = {.data = img, .len = 10000};
+    struct eng_dfu_segment seg = one_segment(fx, 10000, 19);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
-    assert_int_equal(dn.status, ST_ENODEV);
-    assert_string_equal(dn.text, "download alt 0 block 3: device disconnected");
+    expect_done(&dn, ST_ENODEV, "download alt 0 block 3: device disconnected");
     assert_int_equal(fx->n_gone, 1);
     /* a new operation on the gone device fails at once, without a callback */
     assert_int_equal(eng_dfu_verify(fx->d, 0, &seg, 1, &quick, on_done, &dn), ST_ENODEV);
@@ -667,8 +660,7 @@ static void test_close_mid_download(void **state)
     start_dev(fx);
     fx->close_on_progress = true;
     fx->unplug_after = 2;
-    uint8_t *img = pattern(fx, 0, 10000, 20);
-    struct eng_dfu_segment seg = {.data = img, .len = 10000};
+    struct eng_dfu_segment seg = one_segment(fx, 10000, 20);
     struct done dn;
     download(fx, 0, &seg, 1, NULL, &dn);
     assert_int_equal(dn.status, ST_ECANCELED);
@@ -680,8 +672,7 @@ static void test_abort_while_waiting_on_poll_timer(void **state)
     struct fx *fx = *state;
     fx->cfg.block_busy_ms = 200;
     start_dev(fx);
-    uint8_t *img = pattern(fx, 0, 3000, 21);
-    struct eng_dfu_segment seg = {.data = img, .len = 3000};
+    struct eng_dfu_segment seg = one_segment(fx, 3000, 21);
     struct done dn = {.fx = fx};
     assert_int_equal(eng_dfu_download(fx->d, 0, &seg, 1, &quick, on_done, &dn), 0);
     fx->started++;
@@ -767,8 +758,7 @@ static void test_descriptors_and_standard_requests(void **state)
 
 struct efx {
     uv_loop_t loop;
-    struct eng_engine *eng;
-    struct eng_rack *rack;
+    struct th_rack h; /* the engine and the rack */
     struct cfg_recipe recipe;
     struct eng_rack_options ro;
     struct eng_vdfu_config dcfg;
@@ -778,9 +768,6 @@ struct efx {
         enum eng_result result;
         char reason[512];
     } ends[MAX_ENDS];
-    int load_status;
-    bool closed;
-    uv_timer_t guard;
     char path[256];
     uint8_t *payload;
     size_t payload_len;
@@ -797,30 +784,6 @@ static void e_on_event(const struct eng_event *ev, void *user_data)
     snprintf(fx->ends[i].reason, sizeof(fx->ends[i].reason), "%s", ev->text ? ev->text : "");
     if (fx->n_ends == fx->want_ends)
         uv_stop(&fx->loop);
-}
-
-static void e_on_loaded(int status, const char *message, void *user_data)
-{
-    struct efx *fx = user_data;
-    fx->load_status = status;
-    if (status == 0)
-        eng_rack_start(fx->rack);
-    else
-        uv_stop(&fx->loop);
-}
-
-static void e_on_guard(uv_timer_t *t)
-{
-    fail_msg("test did not finish in time");
-}
-
-static void add_step(struct cfg_recipe *r, enum cfg_step_kind kind, const char *arg, int image)
-{
-    struct cfg_step *s = &r->steps[r->n_steps++];
-    memset(s, 0, sizeof(*s));
-    s->kind = kind;
-    s->image = image;
-    snprintf(s->arg, sizeof(s->arg), "%s", arg);
 }
 
 /* A firmware file with a DFU suffix for 0483:df11, written to disk. */
@@ -865,41 +828,15 @@ static void e_run(struct efx *fx, unsigned ends, const char **faults)
     struct eng_options eo = {.reply_timeout_ms = 1000, .reenum_timeout_ms = 3000};
     snprintf(fx->recipe.images[0].path, sizeof(fx->recipe.images[0].path), "%s", fx->path);
     fx->want_ends = ends;
-    assert_int_equal(eng_engine_new(&fx->loop, &eo, e_on_event, fx, &fx->eng), 0);
-    assert_int_equal(eng_rack_new(&fx->loop, fx->eng, &fx->ro, &fx->rack), 0);
-    for (const char **f = faults; f && *f; f++)
-        assert_int_equal(eng_rack_add_fault_spec(fx->rack, *f), 0);
-    assert_int_equal(eng_engine_load(fx->eng, &fx->recipe, e_on_loaded, fx), 0);
-    uv_timer_init(&fx->loop, &fx->guard);
-    uv_timer_start(&fx->guard, e_on_guard, 20000, 0);
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
-    assert_int_equal(fx->load_status, 0);
+    th_rack_run(&fx->h, &fx->loop, &eo, &fx->ro, &fx->recipe, faults, e_on_event, fx, 20000);
+    assert_int_equal(fx->h.load_status, 0);
     assert_int_equal(fx->n_ends, ends);
-}
-
-static void e_on_engine_closed(struct eng_engine *eng, void *user_data)
-{
-    struct efx *fx = user_data;
-    fx->closed = true;
-}
-
-static void e_on_rack_stopped(struct eng_rack *rack, void *user_data)
-{
-    struct efx *fx = user_data;
-    eng_engine_close(fx->eng, e_on_engine_closed, fx);
 }
 
 static int e_teardown(void **state)
 {
     struct efx *fx = *state;
-    if (fx->eng) {
-        uv_close((uv_handle_t *)&fx->guard, NULL);
-        eng_rack_stop(fx->rack, e_on_rack_stopped, fx);
-        uv_run(&fx->loop, UV_RUN_DEFAULT);
-        assert_true(fx->closed);
-        eng_rack_free(fx->rack);
-        eng_engine_free(fx->eng);
-    }
+    th_rack_close(&fx->h);
     assert_int_equal(uv_loop_close(&fx->loop), 0);
     if (fx->path[0])
         unlink(fx->path);
@@ -931,16 +868,16 @@ static void test_engine_eight_devices_half_need_detach(void **state)
     write_firmware(fx, 50000, 0x0483, 0xdf11);
     fx->ro.count = 8;
     fx->ro.runtime_share = 0.5;
-    add_step(&fx->recipe, CFG_STEP_DETACH, "", -1);
-    add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
-    add_step(&fx->recipe, CFG_STEP_DFU_VERIFY, "Flash", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DETACH, "", -1);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_VERIFY, "Flash", 0);
     e_run(fx, 8, NULL);
     unsigned detached = 0;
     for (unsigned p = 1; p <= 8; p++) {
         char slot[16];
         snprintf(slot, sizeof(slot), "virt-%02u", p);
         assert_int_equal(result_of(fx, slot), ENG_RESULT_PASS);
-        struct eng_vdfu *dev = eng_rack_dfu_device(fx->rack, p);
+        struct eng_vdfu *dev = eng_rack_dfu_device(fx->h.rack, p);
         assert_non_null(dev);
         uint32_t size;
         const uint8_t *mem = eng_vdfu_memory(dev, 0, &size, NULL);
@@ -958,9 +895,9 @@ static void test_engine_faults_name_status_and_block(void **state)
     struct efx *fx = *state;
     write_firmware(fx, 20000, 0x0483, 0xdf11);
     fx->ro.count = 4;
-    add_step(&fx->recipe, CFG_STEP_DETACH, "", -1);
-    add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
-    add_step(&fx->recipe, CFG_STEP_DFU_VERIFY, "0", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DETACH, "", -1);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_VERIFY, "0", 0);
     const char *faults[] = {"2:errwrite=7", "3:errverify=12345", NULL};
     e_run(fx, 4, faults);
     assert_int_equal(result_of(fx, "virt-01"), ENG_RESULT_PASS);
@@ -982,16 +919,16 @@ static void test_engine_wait_reset_manifestation_continues_session(void **state)
     fx->dcfg.attributes = ENG_DFU_ATTR_CAN_DNLOAD | ENG_DFU_ATTR_CAN_UPLOAD;
     /* run-time → detach → download → reset into the new firmware (run-time)
      * → detach again → verify */
-    add_step(&fx->recipe, CFG_STEP_DETACH, "", -1);
-    add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
-    add_step(&fx->recipe, CFG_STEP_DETACH, "", -1);
-    add_step(&fx->recipe, CFG_STEP_DFU_VERIFY, "0", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DETACH, "", -1);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DETACH, "", -1);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_VERIFY, "0", 0);
     e_run(fx, 2, NULL);
     for (unsigned p = 1; p <= 2; p++) {
         char slot[16];
         snprintf(slot, sizeof(slot), "virt-%02u", p);
         assert_int_equal(result_of(fx, slot), ENG_RESULT_PASS);
-        struct eng_vdfu *dev = eng_rack_dfu_device(fx->rack, p);
+        struct eng_vdfu *dev = eng_rack_dfu_device(fx->h.rack, p);
         assert_int_equal(eng_vdfu_stats(dev)->detaches, 2);
         assert_int_equal(eng_vdfu_stats(dev)->resets, 3);
     }
@@ -1010,14 +947,14 @@ static void test_engine_dfuse_and_file_checks(void **state)
     FILE *f = fopen(fx->path, "wb");
     fwrite(fx->payload, 1, fx->payload_len, f); /* no suffix */
     fclose(f);
-    add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "Internal Flash", 0);
-    add_step(&fx->recipe, CFG_STEP_DFU_VERIFY, "0", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "Internal Flash", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_VERIFY, "0", 0);
     e_run(fx, 2, NULL);
     for (unsigned p = 1; p <= 2; p++) {
         char slot[16];
         snprintf(slot, sizeof(slot), "virt-%02u", p);
         assert_int_equal(result_of(fx, slot), ENG_RESULT_PASS);
-        struct eng_vdfu *dev = eng_rack_dfu_device(fx->rack, p);
+        struct eng_vdfu *dev = eng_rack_dfu_device(fx->h.rack, p);
         const uint8_t *mem = eng_vdfu_memory(dev, 0, NULL, NULL);
         assert_memory_equal(mem, fx->payload, fx->payload_len);
         assert_int_equal(eng_vdfu_stats(dev)->erases, 5); /* 4 x 16 KiB + the 64 KiB sector */
@@ -1029,14 +966,14 @@ static void test_engine_foreign_file_never_sent(void **state)
     struct efx *fx = *state;
     write_firmware(fx, 4000, 0x1234, 0x5678);
     fx->ro.count = 1;
-    add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
     e_run(fx, 1, NULL);
     assert_int_equal(result_of(fx, "virt-01"), ENG_RESULT_FAIL);
     char want[512];
     snprintf(want, sizeof(want), "dfu-download:0: %s: made for 1234:5678, device is 0483:df11",
              fx->path);
     assert_string_equal(reason_of(fx, "virt-01"), want);
-    struct eng_vdfu *dev = eng_rack_dfu_device(fx->rack, 1);
+    struct eng_vdfu *dev = eng_rack_dfu_device(fx->h.rack, 1);
     assert_int_equal(eng_vdfu_stats(dev)->requests[ENG_DFU_DNLOAD], 0);
 }
 
@@ -1045,7 +982,7 @@ static void test_engine_protocol_mismatch(void **state)
     struct efx *fx = *state;
     write_firmware(fx, 4000, 0x0483, 0xdf11);
     fx->ro.count = 1;
-    add_step(&fx->recipe, CFG_STEP_GETVAR, "product", -1);
+    th_add_step(&fx->recipe, CFG_STEP_GETVAR, "product", -1);
     e_run(fx, 1, NULL);
     assert_int_equal(result_of(fx, "virt-01"), ENG_RESULT_FAIL);
     assert_string_equal(reason_of(fx, "virt-01"),
@@ -1058,7 +995,7 @@ static void test_engine_runtime_device_without_detach_step(void **state)
     write_firmware(fx, 4000, 0x0483, 0xdf11);
     fx->ro.count = 1;
     fx->ro.runtime_share = 1.0;
-    add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
+    th_add_step(&fx->recipe, CFG_STEP_DFU_DOWNLOAD, "0", 0);
     e_run(fx, 1, NULL);
     assert_int_equal(result_of(fx, "virt-01"), ENG_RESULT_FAIL);
     assert_non_null(strstr(reason_of(fx, "virt-01"), "run-time mode (a detach step must come"));

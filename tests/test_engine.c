@@ -21,6 +21,7 @@
 #include "engine/image.h"
 #include "engine/virt/rack.h"
 #include "engine/virt/vfb.h"
+#include "helpers.h"
 
 #define MAX_ENDS 16
 
@@ -33,17 +34,13 @@ struct end {
 
 struct fx {
     uv_loop_t loop;
-    struct eng_engine *eng;
-    struct eng_rack *rack;
+    struct th_rack h; /* the engine and the rack */
     struct cfg_recipe recipe;
     struct eng_rack_options ro;
     unsigned want_ends;
     unsigned n_ends;
     struct end ends[MAX_ENDS];
     char step_text[16][256]; /* PASS text per step index of the last session */
-    int load_status;
-    bool closed;
-    uv_timer_t guard;
 };
 
 static void on_event(const struct eng_event *ev, void *user_data)
@@ -63,33 +60,9 @@ static void on_event(const struct eng_event *ev, void *user_data)
         uv_stop(&fx->loop);
 }
 
-static void on_loaded(int status, const char *message, void *user_data)
-{
-    struct fx *fx = user_data;
-    fx->load_status = status;
-    if (status == 0)
-        eng_rack_start(fx->rack);
-    else
-        uv_stop(&fx->loop);
-}
-
-static void on_guard(uv_timer_t *t)
-{
-    fail_msg("test did not finish in time");
-}
-
-static void add_step(struct cfg_recipe *r, enum cfg_step_kind kind, const char *arg, int image)
-{
-    struct cfg_step *s = &r->steps[r->n_steps++];
-    memset(s, 0, sizeof(*s));
-    s->kind = kind;
-    s->image = image;
-    snprintf(s->arg, sizeof(s->arg), "%s", arg);
-}
-
 static void require(struct cfg_recipe *r, const char *var, const char *a, const char *b)
 {
-    add_step(r, CFG_STEP_GETVAR, var, -1);
+    th_add_step(r, CFG_STEP_GETVAR, var, -1);
     struct cfg_step *s = &r->steps[r->n_steps - 1];
     snprintf(s->alternatives[s->n_alternatives++], CFG_NAME_MAX, "%s", a);
     if (b)
@@ -113,41 +86,15 @@ static void run(struct fx *fx, unsigned ends, const char **faults)
 {
     struct eng_options eo = {.reply_timeout_ms = 300, .reenum_timeout_ms = 2000};
     fx->want_ends = ends;
-    assert_int_equal(eng_engine_new(&fx->loop, &eo, on_event, fx, &fx->eng), 0);
-    assert_int_equal(eng_rack_new(&fx->loop, fx->eng, &fx->ro, &fx->rack), 0);
-    for (const char **f = faults; f && *f; f++)
-        assert_int_equal(eng_rack_add_fault_spec(fx->rack, *f), 0);
-    assert_int_equal(eng_engine_load(fx->eng, &fx->recipe, on_loaded, fx), 0);
-    uv_timer_init(&fx->loop, &fx->guard);
-    uv_timer_start(&fx->guard, on_guard, 20000, 0);
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
-    assert_int_equal(fx->load_status, 0);
+    th_rack_run(&fx->h, &fx->loop, &eo, &fx->ro, &fx->recipe, faults, on_event, fx, 20000);
+    assert_int_equal(fx->h.load_status, 0);
     assert_int_equal(fx->n_ends, ends);
-}
-
-static void on_engine_closed(struct eng_engine *eng, void *user_data)
-{
-    struct fx *fx = user_data;
-    fx->closed = true;
-}
-
-static void on_rack_stopped(struct eng_rack *rack, void *user_data)
-{
-    struct fx *fx = user_data;
-    eng_engine_close(fx->eng, on_engine_closed, fx);
 }
 
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    if (fx->eng) {
-        uv_close((uv_handle_t *)&fx->guard, NULL);
-        eng_rack_stop(fx->rack, on_rack_stopped, fx);
-        uv_run(&fx->loop, UV_RUN_DEFAULT);
-        assert_true(fx->closed);
-        eng_rack_free(fx->rack);
-        eng_engine_free(fx->eng);
-    }
+    th_rack_close(&fx->h);
     assert_int_equal(uv_loop_close(&fx->loop), 0);
     free(fx);
     return 0;
@@ -190,8 +137,8 @@ static void test_demo_recipe_passes(void **state)
     run(fx, 3, NULL);
     for (unsigned i = 0; i < 3; i++)
         assert_int_equal(fx->ends[i].result, ENG_RESULT_PASS);
-    assert_partition(eng_rack_device(fx->rack, 2), "system", 4u << 20, 0x5157u);
-    assert_false(find_part(eng_rack_device(fx->rack, 2), "system")->sparse);
+    assert_partition(eng_rack_device(fx->h.rack, 2), "system", 4u << 20, 0x5157u);
+    assert_false(find_part(eng_rack_device(fx->h.rack, 2), "system")->sparse);
 }
 
 static void test_large_image_goes_in_sparse_pieces(void **state)
@@ -200,7 +147,7 @@ static void test_large_image_goes_in_sparse_pieces(void **state)
     fx->ro.max_download = 1u << 20; /* boot fits exactly, system needs pieces */
     run(fx, 1, NULL);
     assert_int_equal(fx->ends[0].result, ENG_RESULT_PASS);
-    struct eng_vfb *dev = eng_rack_device(fx->rack, 1);
+    struct eng_vfb *dev = eng_rack_device(fx->h.rack, 1);
     const struct eng_vfb_part *sys = find_part(dev, "system");
     assert_non_null(sys);
     assert_true(sys->sparse);
@@ -216,7 +163,7 @@ static void test_ab_slots_get_the_current_suffix(void **state)
     fx->ro.ab_slots = true;
     run(fx, 1, NULL);
     assert_int_equal(fx->ends[0].result, ENG_RESULT_PASS);
-    struct eng_vfb *dev = eng_rack_device(fx->rack, 1);
+    struct eng_vfb *dev = eng_rack_device(fx->h.rack, 1);
     assert_non_null(find_part(dev, "boot_a"));
     assert_non_null(find_part(dev, "system_a"));
     assert_null(find_part(dev, "system"));
@@ -229,14 +176,14 @@ static void test_wrong_product_is_never_written(void **state)
     struct cfg_recipe *r = &fx->recipe;
     r->n_steps = 0;
     require(r, "product", "sargo", "bonito");
-    add_step(r, CFG_STEP_FLASH, "boot", 0);
+    th_add_step(r, CFG_STEP_FLASH, "boot", 0);
     fx->ro.product = "walleye";
     run(fx, 1, NULL);
     assert_int_equal(fx->ends[0].result, ENG_RESULT_FAIL);
     assert_string_equal(fx->ends[0].reason,
                         "getvar:product: wrong product: walleye (recipe needs sargo|bonito)");
-    assert_int_equal(eng_vfb_writes(eng_rack_device(fx->rack, 1)), 0);
-    assert_int_equal(eng_vfb_bytes_received(eng_rack_device(fx->rack, 1)), 0);
+    assert_int_equal(eng_vfb_writes(eng_rack_device(fx->h.rack, 1)), 0);
+    assert_int_equal(eng_vfb_bytes_received(eng_rack_device(fx->h.rack, 1)), 0);
 }
 
 static void test_reboot_bootloader_continues_the_session(void **state)
@@ -244,18 +191,18 @@ static void test_reboot_bootloader_continues_the_session(void **state)
     struct fx *fx = *state;
     struct cfg_recipe *r = &fx->recipe;
     r->n_steps = 0;
-    add_step(r, CFG_STEP_GETVAR, "product", -1);
-    add_step(r, CFG_STEP_REBOOT_BOOTLOADER, "", -1);
-    add_step(r, CFG_STEP_FLASH, "boot", 0);
-    add_step(r, CFG_STEP_SET_ACTIVE, "b", -1);
-    add_step(r, CFG_STEP_OEM, "unlock-test", -1);
-    add_step(r, CFG_STEP_ERASE, "userdata", -1);
+    th_add_step(r, CFG_STEP_GETVAR, "product", -1);
+    th_add_step(r, CFG_STEP_REBOOT_BOOTLOADER, "", -1);
+    th_add_step(r, CFG_STEP_FLASH, "boot", 0);
+    th_add_step(r, CFG_STEP_SET_ACTIVE, "b", -1);
+    th_add_step(r, CFG_STEP_OEM, "unlock-test", -1);
+    th_add_step(r, CFG_STEP_ERASE, "userdata", -1);
     fx->ro.reenum_ms = 100;
     run(fx, 1, NULL);
     if (fx->ends[0].result != ENG_RESULT_PASS)
         fail_msg("session failed: %s", fx->ends[0].reason);
     assert_true(!strncmp(fx->step_text[1], "back after ", 11));
-    struct eng_vfb *dev = eng_rack_device(fx->rack, 1);
+    struct eng_vfb *dev = eng_rack_device(fx->h.rack, 1);
     assert_partition(dev, "boot", 1u << 20, 0xb007u);
     assert_string_equal(eng_vfb_active_slot(dev), "b");
     assert_true(find_part(dev, "userdata")->erased);
@@ -266,8 +213,8 @@ static void test_device_that_never_comes_back(void **state)
     struct fx *fx = *state;
     struct cfg_recipe *r = &fx->recipe;
     r->n_steps = 0;
-    add_step(r, CFG_STEP_REBOOT_BOOTLOADER, "", -1);
-    add_step(r, CFG_STEP_FLASH, "boot", 0);
+    th_add_step(r, CFG_STEP_REBOOT_BOOTLOADER, "", -1);
+    th_add_step(r, CFG_STEP_FLASH, "boot", 0);
     fx->ro.reenum_ms = 60000; /* far beyond the engine's 2 s wait */
     run(fx, 1, NULL);
     assert_int_equal(fx->ends[0].result, ENG_RESULT_FAIL);
@@ -319,13 +266,9 @@ static void test_missing_image_file_fails_load(void **state)
     struct fx *fx = *state;
     snprintf(fx->recipe.images[1].path, CFG_PATH_MAX, "/no/such/file.img");
     struct eng_options eo = {0};
-    assert_int_equal(eng_engine_new(&fx->loop, &eo, on_event, fx, &fx->eng), 0);
-    assert_int_equal(eng_rack_new(&fx->loop, fx->eng, &fx->ro, &fx->rack), 0);
-    assert_int_equal(eng_engine_load(fx->eng, &fx->recipe, on_loaded, fx), 0);
-    uv_timer_init(&fx->loop, &fx->guard);
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
-    assert_int_not_equal(fx->load_status, 0);
-    assert_int_equal(eng_rack_units_plugged(fx->rack), 0);
+    th_rack_run(&fx->h, &fx->loop, &eo, &fx->ro, &fx->recipe, NULL, on_event, fx, 0);
+    assert_int_not_equal(fx->h.load_status, 0);
+    assert_int_equal(eng_rack_units_plugged(fx->h.rack), 0);
 }
 
 int main(void)

@@ -31,6 +31,8 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #define IMAGE_BYTES (2u << 20)
 
 struct fx {
@@ -39,49 +41,19 @@ struct fx {
     char sha[65];
 };
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 /* IMAGE_BYTES pseudo-random bytes from seed into fx->image; fx->sha. */
 static void write_image(struct fx *fx, uint32_t seed)
 {
     uint8_t *buf = malloc(IMAGE_BYTES);
-    unsigned char sum[32];
     assert_non_null(buf);
-    for (size_t i = 0; i < IMAGE_BYTES; i++) {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        buf[i] = (uint8_t)seed;
-    }
+    th_fill_xorshift(buf, IMAGE_BYTES, seed);
     /* rewrite in place: the same inode, as an operator copying over it */
     int fd = open(fx->image, O_WRONLY | O_CREAT, 0644);
     assert_true(fd >= 0);
     assert_int_equal(write(fd, buf, IMAGE_BYTES), IMAGE_BYTES);
     assert_int_equal(close(fd), 0);
-    crypto_hash_sha256(sum, buf, IMAGE_BYTES);
-    sodium_bin2hex(fx->sha, sizeof(fx->sha), sum, 32);
+    th_sha256_hex(buf, IMAGE_BYTES, fx->sha);
     free(buf);
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = '\0';
-    fclose(f);
-    return buf;
 }
 
 /* One simulated unit flashed with the image; returns the station's stdout. */
@@ -89,20 +61,30 @@ static char *run_station(struct fx *fx, bool no_cache)
 {
     char img[400];
     snprintf(img, sizeof(img), "system=%s", fx->image);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(fx->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(o, 2);
-        execl(STATION_BIN, STATION_BIN, "run", "--simulate", "1", "--exit-after", "1", "--pace",
-              "0", "--headless", "--serial-policy", "reflash", "--seed", "7", "--image", img,
-              "--db", fx->db, no_cache ? "--no-hash-cache" : NULL, (char *)NULL);
-        _exit(127);
-    }
+    const char *argv[] = {STATION_BIN,
+                          "run",
+                          "--simulate",
+                          "1",
+                          "--exit-after",
+                          "1",
+                          "--pace",
+                          "0",
+                          "--headless",
+                          "--serial-policy",
+                          "reflash",
+                          "--seed",
+                          "7",
+                          "--image",
+                          img,
+                          "--db",
+                          fx->db,
+                          no_cache ? "--no-hash-cache" : NULL,
+                          NULL};
+    /* stdout and stderr into one file, in the order they were written */
+    pid_t pid = th_spawn(argv, fx->out, fx->out, NULL);
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
-    char *out = slurp(fx->out);
+    char *out = th_slurp_or_empty(fx->out, NULL);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "--- station output\n%s---\n", out);
         fail_msg("station exited with status %d", status);
@@ -113,17 +95,11 @@ static char *run_station(struct fx *fx, bool no_cache)
 /* The SHA-256 recorded for the system image of the newest session. */
 static void recorded_sha(struct fx *fx, char out[65])
 {
-    sqlite3 *c;
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(c,
-                                        "SELECT sha256 FROM session_images WHERE name = 'system' "
-                                        "ORDER BY session_id DESC LIMIT 1",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    snprintf(out, 65, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
+    sqlite3 *c = th_db_open(fx->db, false);
+    char *sha = th_q_text(c, "SELECT sha256 FROM session_images WHERE name = 'system' "
+                             "ORDER BY session_id DESC LIMIT 1");
+    snprintf(out, 65, "%s", sha);
+    free(sha);
     sqlite3_close(c);
 }
 
@@ -157,13 +133,11 @@ static int setup(void **state)
         return -1;
     struct fx *fx = calloc(1, sizeof(*fx));
     assert_non_null(fx);
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/hashcacheXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->image, sizeof(fx->image), "%s/system.img", fx->dir);
-    snprintf(fx->db, sizeof(fx->db), "%s/station.db", fx->dir);
+    th_tmpdir("hashcache", fx->dir, sizeof(fx->dir));
+    th_path(fx->image, sizeof(fx->image), fx->dir, "system.img");
+    th_path(fx->db, sizeof(fx->db), fx->dir, "station.db");
     snprintf(fx->cache, sizeof(fx->cache), "%s.hashes", fx->db);
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
     *state = fx;
     return 0;
 }
@@ -171,10 +145,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     return 0;
 }
@@ -191,7 +162,7 @@ static void test_remembered_until_the_file_changes(void **state)
     free(out);
     assert_int_equal(cache_entries(fx), 0);
 
-    sleep_ms(2500);
+    th_sleep_ms(2500);
     out = run_station(fx, false); /* hashed and remembered */
     expect_line(out, fx->sha, false);
     free(out);
@@ -225,7 +196,7 @@ static void test_damaged_entry_is_ignored(void **state)
     struct fx *fx = *state;
     char sha[65];
     write_image(fx, 0x777u);
-    sleep_ms(2500);
+    th_sleep_ms(2500);
     free(run_station(fx, false));
     assert_int_equal(cache_entries(fx), 1);
 
@@ -237,7 +208,7 @@ static void test_damaged_entry_is_ignored(void **state)
             continue;
         char path[600];
         snprintf(path, sizeof(path), "%s/%s", fx->cache, e->d_name);
-        char *text = slurp(path);
+        char *text = th_slurp_or_empty(path, NULL);
         char *last = strrchr(text, '\n');
         assert_non_null(last);
         *last = '\0';

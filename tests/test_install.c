@@ -29,6 +29,7 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
 #include "station/commands.h"
 
 struct fx {
@@ -39,9 +40,7 @@ struct fx {
 static int setup(void **state)
 {
     struct fx *fx = calloc(1, sizeof(*fx));
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/installXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
+    th_tmpdir("install", fx->dir, sizeof(fx->dir));
     snprintf(fx->build, sizeof(fx->build), "%s", TEST_TMPDIR);
     char *t = strstr(fx->build, "/tests/tmp");
     assert_non_null(t);
@@ -53,10 +52,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     return 0;
 }
@@ -67,48 +63,12 @@ static int sh(char **out, const char *fmt, ...) __attribute__((format(printf, 2,
 
 static int sh(char **out, const char *fmt, ...)
 {
-    char cmd[4096], full[4200];
+    char cmd[4096];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(cmd, sizeof(cmd), fmt, ap);
     va_end(ap);
-    snprintf(full, sizeof(full), "timeout 240 sh -c '%s' 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 14, len = 0, n;
-    char *buf = malloc(cap);
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (len + 1 == cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    int status = pclose(p);
-    if (out)
-        *out = buf;
-    else
-        free(buf);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-static bool have(const char *tool)
-{
-    return sh(NULL, "command -v %s", tool) == 0;
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        fail_msg("cannot read %s: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *s = malloc((size_t)n + 1);
-    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-    s[n] = '\0';
-    fclose(f);
-    return s;
+    return th_sh_out(out, "timeout 240 sh -c '%s' 2>&1", cmd);
 }
 
 /* The subcommands, from `station --help` (two-space indent, a name). */
@@ -175,7 +135,7 @@ static void test_install_tree(void **state)
     assert_int_equal(sh(&out, "%s --version", path), 0);
     assert_string_equal(out, "station " STATION_VERSION "\n");
     free(out);
-    if (have("readelf")) {
+    if (th_have("readelf")) {
         assert_int_equal(sh(&out, "readelf -d %s", path), 0);
         if (!strstr(out, "android"))
             fail_msg("no rpath to the private libsparse folder:\n%s", out);
@@ -184,7 +144,7 @@ static void test_install_tree(void **state)
 
     /* the unit: the service the issue asks for */
     snprintf(path, sizeof(path), "%s/usr/lib/systemd/system/station.service", dest);
-    char *unit = slurp(path);
+    char *unit = th_slurp(path, NULL);
     const char *lines[] = {
         "\nExecStart=/usr/bin/station run -c /etc/station/station.ini --headless "
         "--log-format json\n",
@@ -233,7 +193,7 @@ static void test_man_page(void **state)
     char names[32][16], path[400], *out;
     unsigned n = commands(names, 32);
     snprintf(path, sizeof(path), "%s/packaging/station.1", SOURCE_DIR);
-    char *man = slurp(path);
+    char *man = th_slurp(path, NULL);
     /* a section per subcommand (report, stats and history share one) */
     for (unsigned i = 0; i < n; i++) {
         bool found = false;
@@ -263,7 +223,7 @@ static void test_man_page(void **state)
         assert_non_null(strstr(ex, b));
     }
     free(man);
-    if (!have("groff")) {
+    if (!th_have("groff")) {
         skip();
         return;
     }
@@ -272,7 +232,7 @@ static void test_man_page(void **state)
     if (out[0])
         fail_msg("groff warns about station.1:\n%s", out);
     free(out);
-    if (have("man")) {
+    if (th_have("man")) {
         assert_int_equal(sh(&out, "MANWIDTH=80 man -l %s | grep -c \"station watch\"", path), 0);
         free(out);
     }
@@ -284,7 +244,7 @@ static void test_systemd_unit_verifies(void **state)
 {
     struct fx *fx = *state;
     char prefix[400], unit[500], bad[500], *out;
-    if (!have("systemd-analyze")) {
+    if (!th_have("systemd-analyze")) {
         printf("systemd-analyze not found (Debian package systemd): not verified\n");
         skip();
         return;
@@ -433,11 +393,8 @@ static int udevadm_parse(struct fx *fx, const char *rules, char **out)
         fx->dir, rules);
     /* the single quotes of sh() would end at ours: write a script */
     char script[400];
-    snprintf(script, sizeof(script), "%s/udevtest.sh", fx->dir);
-    FILE *f = fopen(script, "w");
-    assert_non_null(f);
-    fputs(cmd, f);
-    fclose(f);
+    th_path(script, sizeof(script), fx->dir, "udevtest.sh");
+    th_spit(script, cmd, strlen(cmd));
     return sh(out, "sh %s", script);
 }
 
@@ -465,7 +422,7 @@ static void test_udev_rules_parse(void **state)
     struct fx *fx = *state;
     char path[400], bad[400], why[256], *out;
     snprintf(path, sizeof(path), "%s/udev/70-station.rules", SOURCE_DIR);
-    char *rules = slurp(path);
+    char *rules = th_slurp(path, NULL);
     if (!rules_syntax_ok(rules, why, sizeof(why)))
         fail_msg("70-station.rules: %s", why);
     /* the fastboot and both DFU interface classes, for group station */
@@ -476,18 +433,15 @@ static void test_udev_rules_parse(void **state)
 
     /* a broken copy: both checks must see it */
     snprintf(bad, sizeof(bad), "%s/70-station.rules", fx->dir);
-    FILE *f = fopen(bad, "w");
-    assert_non_null(f);
     char *broken = strdup(rules);
     char *m = strstr(broken, "MODE=\"0660\"");
     m[4] = ':'; /* MODE:"0660" */
-    fputs(broken, f);
-    fclose(f);
+    th_spit(bad, broken, strlen(broken));
     assert_false(rules_syntax_ok(broken, why, sizeof(why)));
     free(broken);
 
     /* udev 252 (Debian 12) has no `udevadm verify` (253 and later) */
-    if (!have("udevadm") || !have("unshare") || geteuid() != 0) {
+    if (!th_have("udevadm") || !th_have("unshare") || geteuid() != 0) {
         printf("udevadm test needs udevadm (Debian package udev), unshare and root: "
                "only the syntax check ran\n");
         free(rules);
@@ -517,7 +471,7 @@ static void test_deb_package(void **state)
 {
     struct fx *fx = *state;
     char pkg[400], deb[600], *out;
-    if (!have("cpack") || !have("dpkg-deb") || !have("dpkg-shlibdeps")) {
+    if (!th_have("cpack") || !th_have("dpkg-deb") || !th_have("dpkg-shlibdeps")) {
         printf("cpack, dpkg-deb or dpkg-shlibdeps (Debian package dpkg-dev) missing: no .deb\n");
         skip();
         return;
@@ -569,7 +523,7 @@ static void test_deb_package(void **state)
     snprintf(ctl, sizeof(ctl), "%s/control/postinst", fx->dir);
     assert_int_equal(access(ctl, X_OK), 0);
     assert_int_equal(sh(NULL, "sh -n %s", ctl), 0);
-    char *post = slurp(ctl);
+    char *post = th_slurp(ctl, NULL);
     assert_non_null(strstr(post, "useradd --system"));
     assert_non_null(strstr(post, "groupadd --system station"));
     free(post);

@@ -30,6 +30,8 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "helpers.h"
+
 #define ALARM_S 240
 
 struct fx {
@@ -42,13 +44,11 @@ static int setup(void **state)
     struct fx *fx = calloc(1, sizeof(*fx));
     assert_non_null(fx);
     alarm(ALARM_S);
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/learnXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
-    snprintf(fx->err, sizeof(fx->err), "%s/err.txt", fx->dir);
-    snprintf(fx->ini, sizeof(fx->ini), "%s/station.ini", fx->dir);
-    snprintf(fx->db, sizeof(fx->db), "%s/station.db", fx->dir);
+    th_tmpdir("learn", fx->dir, sizeof(fx->dir));
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
+    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
+    th_path(fx->ini, sizeof(fx->ini), fx->dir, "station.ini");
+    th_path(fx->db, sizeof(fx->db), fx->dir, "station.db");
     *state = fx;
     return 0;
 }
@@ -56,10 +56,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     alarm(0);
     return 0;
@@ -67,69 +64,27 @@ static int teardown(void **state)
 
 static char *slurp(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = '\0';
-    fclose(f);
-    return buf;
-}
-
-static void write_file(struct fx *fx, const char *name, const char *text)
-{
-    char path[400];
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
-    assert_int_equal(fclose(f), 0);
+    return th_slurp_or_empty(path, NULL);
 }
 
 static void show(struct fx *fx)
 {
-    char *o = slurp(fx->out), *e = slurp(fx->err), *i = slurp(fx->ini);
-    fprintf(stderr, "--- stdout\n%s--- stderr\n%s--- station.ini\n%s---\n", o, e, i);
-    free(o);
-    free(e);
-    free(i);
+    th_show("stdout", fx->out);
+    th_show("stderr", fx->err);
+    th_show("station.ini", fx->ini);
+    fputs("---\n", stderr);
 }
 
 /* Run argv (NULL-terminated, argv[0] a path) in the fixture's folder;
  * returns the exit status (128+N if killed by signal N). */
 static int run(struct fx *fx, int limit_s, const char *const *args)
 {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setpgid(0, 0);
-        int o = open(fx->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(fx->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        if (chdir(fx->dir) != 0)
-            _exit(126);
-        execv(args[0], (char **)args);
-        _exit(127);
+    int rc;
+    if (!th_run_for(args, fx->out, fx->err, fx->dir, limit_s, &rc, NULL)) {
+        show(fx);
+        fail_msg("%s did not exit within %d s", args[1], limit_s);
     }
-    setpgid(pid, pid);
-    int status;
-    for (int i = 0; i < limit_s * 200; i++) {
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(-pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    show(fx);
-    fail_msg("%s did not exit within %d s", args[1], limit_s);
-    return -1;
+    return rc;
 }
 
 #define RUN(fx, limit, ...) run((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
@@ -144,10 +99,7 @@ static void expect_rc(struct fx *fx, int rc, int want)
 
 static void expect_in(struct fx *fx, const char *file, const char *needle)
 {
-    char *text = slurp(file);
-    bool hit = strstr(text, needle) != NULL;
-    free(text);
-    if (!hit) {
+    if (!th_file_has(file, needle)) {
         show(fx);
         fail_msg("expected \"%s\" in %s", needle, file);
     }
@@ -168,9 +120,8 @@ static void expect_ini(struct fx *fx, const char *want)
  * `count` sessions there all passed under that one slot name. */
 static void expect_slot(struct fx *fx, const char *port, const char *slot, int count)
 {
-    sqlite3 *c;
+    sqlite3 *c = th_db_open(fx->db, false);
     sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(c,
                                         "SELECT count(*), count(DISTINCT slot), min(slot), "
                                         "sum(result = 'PASS') FROM sessions WHERE port = ?1",
@@ -204,13 +155,10 @@ static void make_recipe(struct fx *fx)
     assert_non_null(img);
     for (int i = 0; i < 65536; i++)
         img[i] = (char)(i * 31 + 7);
-    snprintf(path, sizeof(path), "%s/images/boot.img", fx->dir);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(img, 1, 65536, f), 65536);
-    assert_int_equal(fclose(f), 0);
+    th_path(path, sizeof(path), fx->dir, "images/boot.img");
+    th_spit(path, img, 65536);
     free(img);
-    write_file(fx, "recipes/phone.recipe",
+    th_spit_in(fx->dir, "recipes/phone.recipe",
                "# learn test recipe\n"
                "recipe learn-phone 1.0\n"
                "image boot ../images/boot.img\n"
@@ -232,7 +180,7 @@ static void test_rack_rewrites_slots_keeping_comments(void **state)
     make_recipe(fx);
     /* two slots exist (one with two cables), one is new; the order asked
      * for is not the file's */
-    write_file(fx, "station.ini",
+    th_spit_in(fx->dir, "station.ini",
                "; Line 3 station.\n"
                "# Bays are numbered from the left.\n"
                "[station]\n"
@@ -297,7 +245,7 @@ static void test_rack_default_slot_names_and_crlf(void **state)
     struct fx *fx = *state;
     make_recipe(fx);
     /* no [slot] section: slot1..slotN; CRLF line endings are kept */
-    write_file(fx, "station.ini",
+    th_spit_in(fx->dir, "station.ini",
                "; windows editor\r\n[station]\r\ndb = station.db\r\n"
                "[profile phone]\r\nmatch = class FF/42/03\r\nrecipe = recipes/phone.recipe\r\n");
     int rc = RUN(fx, 30, STATION_BIN, "learn", "-c", "station.ini", "--simulate", "2");
@@ -330,7 +278,7 @@ static void test_timeout_leaves_the_file_unchanged(void **state)
                       "db = station.db\n"
                       "[slot kept]\n"
                       "path = virt-02   ; stays\n" PROFILE;
-    write_file(fx, "station.ini", ini);
+    th_spit_in(fx->dir, "station.ini", ini);
     int rc = RUN(fx, 30, STATION_BIN, "learn", "-c", "station.ini", "--simulate", "2", "--slots",
                  "A,B", "--timeout-ms", "1500");
     expect_rc(fx, rc, 2);
@@ -360,7 +308,7 @@ static void test_timeout_leaves_the_file_unchanged(void **state)
     expect_in(fx, fx->err, "--simulate 1: fewer virtual devices than the 2 slot(s) to learn");
     rc = RUN(fx, 30, STATION_BIN, "learn", "-c", "station.ini", "--simulate", "1", "--usb");
     expect_rc(fx, rc, 2);
-    write_file(fx, "broken.ini", "[station]\nbogus = 1\n");
+    th_spit_in(fx->dir, "broken.ini", "[station]\nbogus = 1\n");
     rc = RUN(fx, 30, STATION_BIN, "learn", "-c", "broken.ini", "--simulate", "1");
     expect_rc(fx, rc, 2);
     expect_in(fx, fx->err, "broken.ini:2:1: unknown key \"bogus\" in [station]");
@@ -375,7 +323,7 @@ static void test_usb_devices_plugged_one_after_the_other(void **state)
 {
     struct fx *fx = *state;
     make_recipe(fx);
-    write_file(fx, "station.ini",
+    th_spit_in(fx->dir, "station.ini",
                "; USB line\n"
                "[station]\n"
                "db = station.db\n"

@@ -38,6 +38,7 @@
 #include "engine/virt/vfb.h"
 #include "engine/virt/vtransport.h"
 #include "station/serials.h"
+#include "helpers.h"
 
 #define ALARM_S 150
 
@@ -52,12 +53,10 @@ static int setup(void **state)
 {
     struct fx *fx = calloc(1, sizeof(*fx));
     assert_non_null(fx);
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/reportXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->db, sizeof(fx->db), "%s/t.db", fx->dir);
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
-    snprintf(fx->err, sizeof(fx->err), "%s/err.txt", fx->dir);
+    th_tmpdir("report", fx->dir, sizeof(fx->dir));
+    th_path(fx->db, sizeof(fx->db), fx->dir, "t.db");
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
+    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
     *state = fx;
     alarm(ALARM_S); /* a hung test dies instead of hanging ctest */
     return 0;
@@ -66,11 +65,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
     alarm(0);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     return 0;
 }
@@ -81,69 +77,19 @@ static int teardown(void **state)
  * to `out`, stderr to fx->err. */
 static pid_t spawn_to(struct fx *fx, const char *out, char *const args[])
 {
-    char *argv[64];
-    int n = 0;
-    argv[n++] = (char *)STATION_BIN;
-    for (int i = 0; args[i] && n < 63; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(fx->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static int wait_exit(pid_t pid, int limit_s)
-{
-    int status;
-    for (int i = 0; i < limit_s * 100; i++) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("station did not exit within %d s", limit_s);
-    return -1;
+    const char *argv[64];
+    th_argv(argv, 64, STATION_BIN, (const char *const *)args);
+    return th_spawn(argv, out, fx->err, NULL);
 }
 
 static int run(struct fx *fx, int limit_s, char *const args[])
 {
-    return wait_exit(spawn_to(fx, fx->out, args), limit_s);
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    char *buf = calloc(1, 4 << 20);
-    assert_non_null(buf);
-    size_t n = fread(buf, 1, (4 << 20) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
-static int count_of(const char *hay, const char *needle)
-{
-    int n = 0;
-    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
-        n++;
-    return n;
+    return th_wait_exit(spawn_to(fx, fx->out, args), limit_s, "station");
 }
 
 static void expect_in(const char *path, const char *needle)
 {
-    char *text = slurp(path);
+    char *text = th_slurp(path, NULL);
     if (!strstr(text, needle))
         fail_msg("%s does not mention \"%s\":\n%s", path, needle, text);
     free(text);
@@ -153,17 +99,13 @@ static void expect_in(const char *path, const char *needle)
  * test with the script's output unless it exits 0. */
 static void python(struct fx *fx, const char *name, const char *body, const char *args)
 {
-    char path[400], cmd[2000], log[400];
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
+    char path[400], log[400];
+    th_path(path, sizeof(path), fx->dir, name);
     snprintf(log, sizeof(log), "%s/%s.log", fx->dir, name);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(body, f);
-    fclose(f);
-    snprintf(cmd, sizeof(cmd), "python3 '%s' %s >'%s' 2>&1", path, args, log);
-    int rc = system(cmd);
+    th_spit(path, body, strlen(body));
+    int rc = th_sh("python3 '%s' %s >'%s' 2>&1", path, args, log);
     if (rc != 0) {
-        char *text = slurp(log);
+        char *text = th_slurp(log, NULL);
         fail_msg("%s %s failed (%d):\n%s", name, args, rc, text);
     }
 }
@@ -172,43 +114,21 @@ static void python(struct fx *fx, const char *name, const char *body, const char
 
 static sqlite3 *db_rw(const char *path)
 {
-    sqlite3 *c;
-    assert_int_equal(sqlite3_open_v2(path, &c, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(c, 5000);
-    return c;
-}
-
-static long long q_int(sqlite3 *c, const char *sql)
-{
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
-static char *q_text(sqlite3 *c, const char *sql)
-{
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    const unsigned char *t = sqlite3_column_text(st, 0);
-    char *v = strdup(t ? (const char *)t : "");
-    sqlite3_finalize(st);
-    return v;
+    return th_db_open(path, true);
 }
 
 /* Everything in the file, as one string, to prove a query changed nothing. */
 static char *fingerprint(const char *path)
 {
     sqlite3 *c = db_rw(path);
-    char *a = q_text(c, "SELECT COUNT(*) || ':' || COALESCE(SUM(length(quote(id) || quote(slot) ||"
-                        " quote(serial) || quote(result) || quote(reason) || quote(ended_ms))), 0)"
-                        " || ':' || COALESCE(group_concat(id || result, ','), '') FROM sessions");
-    char *b = q_text(c, "SELECT (SELECT COUNT(*) FROM steps) || ':' || (SELECT COUNT(*) FROM"
-                        " session_images) || ':' || (SELECT group_concat(name, ',') FROM"
-                        " sqlite_master) || ':' || (SELECT user_version FROM pragma_user_version)");
+    char *a =
+        th_q_text(c, "SELECT COUNT(*) || ':' || COALESCE(SUM(length(quote(id) || quote(slot) ||"
+                     " quote(serial) || quote(result) || quote(reason) || quote(ended_ms))), 0)"
+                     " || ':' || COALESCE(group_concat(id || result, ','), '') FROM sessions");
+    char *b =
+        th_q_text(c, "SELECT (SELECT COUNT(*) FROM steps) || ':' || (SELECT COUNT(*) FROM"
+                     " session_images) || ':' || (SELECT group_concat(name, ',') FROM"
+                     " sqlite_master) || ':' || (SELECT user_version FROM pragma_user_version)");
     sqlite3_close(c);
     size_t n = strlen(a) + strlen(b) + 2;
     char *all = malloc(n);
@@ -320,7 +240,7 @@ static int query(struct fx *fx, const char *out_name, char *const args[])
 {
     char out[400];
     snprintf(out, sizeof(out), "%s/%s", fx->dir, out_name);
-    return wait_exit(spawn_to(fx, out, args), 60);
+    return th_wait_exit(spawn_to(fx, out, args), 60, "station");
 }
 
 static char *path_in(struct fx *fx, const char *name)
@@ -457,27 +377,27 @@ static void test_sql_in_filters_matches_nothing_changes_nothing(void **state)
             char *args[] = {"report",        "--db",     fx->db, (char *)opts[o],
                             (char *)evil[i], "--format", "csv",  NULL};
             assert_int_equal(query(fx, "q.csv", args), 0);
-            char *out = slurp(path_in(fx, "q.csv"));
-            if (count_of(out, "\r\n") != 1)
+            char *out = th_slurp(path_in(fx, "q.csv"), NULL);
+            if (th_count(out, "\r\n") != 1)
                 fail_msg("%s \"%s\" matched rows:\n%s", opts[o], evil[i], out);
             free(out);
         }
         char *h[] = {"history", (char *)evil[i], "--db", fx->db, "--format", "json", NULL};
         assert_int_equal(query(fx, "h.json", h), 0);
-        char *out = slurp(path_in(fx, "h.json"));
+        char *out = th_slurp(path_in(fx, "h.json"), NULL);
         assert_string_equal(out, "[]\n");
         free(out);
         char *s[] = {"stats", "--db", fx->db, "--slot", (char *)evil[i], "--format", "csv", NULL};
         assert_int_equal(query(fx, "s.csv", s), 0);
-        out = slurp(path_in(fx, "s.csv"));
-        assert_int_equal(count_of(out, "\r\n"), 1);
+        out = th_slurp(path_in(fx, "s.csv"), NULL);
+        assert_int_equal(th_count(out, "\r\n"), 1);
         free(out);
     }
     /* a serial that really holds quotes and a comma is found, exactly */
     char *q[] = {"report", "--db", fx->db, "--serial", "Q'1,\"x\"", "--format", "csv", NULL};
     assert_int_equal(query(fx, "q.csv", q), 0);
-    char *out = slurp(path_in(fx, "q.csv"));
-    assert_int_equal(count_of(out, "\r\n"), 2);
+    char *out = th_slurp(path_in(fx, "q.csv"), NULL);
+    assert_int_equal(th_count(out, "\r\n"), 2);
     assert_non_null(strstr(out, ",\"Q'1,\"\"x\"\"\","));
     free(out);
 
@@ -497,7 +417,7 @@ static void test_csv_reads_back_exactly(void **state)
     snprintf(args_buf, sizeof(args_buf), "'%s' '%s'", path_in(fx, "all.csv"), fx->db);
     python(fx, "csv_report.py", py_csv_report, args_buf);
     /* RFC 4180: CRLF between records, quoted fields keep their bare LF */
-    char *out = slurp(path_in(fx, "all.csv"));
+    char *out = th_slurp(path_in(fx, "all.csv"), NULL);
     assert_non_null(strstr(out, "\"line one\nline two\""));
     assert_non_null(strstr(out, "\"getvar:product: \"\"quoted\"\" and ''single''\""));
     free(out);
@@ -575,7 +495,7 @@ static void test_time_filters(void **state)
              "SELECT COUNT(*) FROM sessions WHERE started_ms >= %lld AND"
              " started_ms < %lld",
              (long long)(T0 + DAY), (long long)(T0 + 2 * DAY));
-    long long want = q_int(c, sql);
+    long long want = th_q_int(c, sql);
     assert_true(want > 10);
     const char *spell[][2] = {
         {"2026-11-21", "2026-11-22"},
@@ -594,23 +514,23 @@ static void test_time_filters(void **state)
                         "csv",
                         NULL};
         assert_int_equal(query(fx, "q.csv", args), 0);
-        char *out = slurp(path_in(fx, "q.csv"));
+        char *out = th_slurp(path_in(fx, "q.csv"), NULL);
         /* records end in CRLF; reasons hold no CRLF in PASS rows only, so
          * count with Python-free means: ids are unique, count ",st-syn," */
-        assert_int_equal(count_of(out, ",st-syn,"), want);
+        assert_int_equal(th_count(out, ",st-syn,"), want);
         free(out);
     }
     /* --slot and --result narrow further; --recipe too */
     snprintf(sql, sizeof(sql),
              "SELECT COUNT(*) FROM sessions WHERE slot = 'slot-B' AND"
              " result = 'PASS' AND recipe = 'phone'");
-    want = q_int(c, sql);
+    want = th_q_int(c, sql);
     char *args[] = {"report", "--db",     fx->db,  "--slot",   "slot-B", "--result",
                     "pass",   "--recipe", "phone", "--format", "csv",    NULL};
     assert_int_equal(query(fx, "q.csv", args), 0);
-    char *out = slurp(path_in(fx, "q.csv"));
-    assert_int_equal(count_of(out, ",slot-B,"), want);
-    assert_int_equal(count_of(out, ",PASS,"), want);
+    char *out = th_slurp(path_in(fx, "q.csv"), NULL);
+    assert_int_equal(th_count(out, ",slot-B,"), want);
+    assert_int_equal(th_count(out, ",PASS,"), want);
     free(out);
     sqlite3_close(c);
 }
@@ -620,26 +540,26 @@ static void test_history_lists_steps(void **state)
     struct fx *fx = *state;
     make_db(fx);
     sqlite3 *c = db_rw(fx->db);
-    char *serial = q_text(c, "SELECT serial FROM sessions WHERE slot = 'virt-01'");
-    char *failed = q_text(c, "SELECT serial FROM sessions WHERE slot = 'virt-02'");
+    char *serial = th_q_text(c, "SELECT serial FROM sessions WHERE slot = 'virt-01'");
+    char *failed = th_q_text(c, "SELECT serial FROM sessions WHERE slot = 'virt-02'");
     sqlite3_close(c);
 
     char *h[] = {"history", serial, "--db", fx->db, "--format", "csv", NULL};
     assert_int_equal(query(fx, "h.csv", h), 0);
-    char *out = slurp(path_in(fx, "h.csv"));
+    char *out = th_slurp(path_in(fx, "h.csv"), NULL);
     static const char *const steps[] = {",getvar:product,PASS,", ",getvar:serialno,PASS,",
                                         ",flash:boot,PASS,", ",flash:system,PASS,",
                                         ",reboot,PASS,"};
     for (int i = 0; i < 5; i++)
-        if (count_of(out, steps[i]) != 1)
+        if (th_count(out, steps[i]) != 1)
             fail_msg("history lacks %s:\n%s", steps[i], out);
-    assert_int_equal(count_of(out, "\r\n"), 6); /* header + 5 steps */
+    assert_int_equal(th_count(out, "\r\n"), 6); /* header + 5 steps */
     assert_non_null(strstr(out, "boot="));      /* image hashes */
     free(out);
 
     char *t[] = {"history", failed, "--db", fx->db, NULL};
     assert_int_equal(query(fx, "h.txt", t), 0);
-    out = slurp(path_in(fx, "h.txt"));
+    out = th_slurp(path_in(fx, "h.txt"), NULL);
     assert_non_null(strstr(out, "FAIL"));
     assert_non_null(strstr(out, "flash:system"));
     assert_non_null(strstr(out, "injected fault"));
@@ -656,7 +576,7 @@ static void test_history_lists_steps(void **state)
 static void expect_usage(struct fx *fx, char *const args[], const char *needle)
 {
     int rc = query(fx, "bad.txt", args);
-    char *err = slurp(fx->err);
+    char *err = th_slurp(fx->err, NULL);
     if (rc != 2 || !strstr(err, needle))
         fail_msg("exit %d, stderr \"%s\" should name \"%s\"", rc, err, needle);
     free(err);
@@ -737,17 +657,17 @@ static void test_several_databases_at_once(void **state)
     assert_int_equal(run(fx, 60, args), 0);
 
     sqlite3 *c = db_rw(fx->db);
-    long long n1 = q_int(c, "SELECT COUNT(*) FROM sessions");
-    long long p1 = q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'");
+    long long n1 = th_q_int(c, "SELECT COUNT(*) FROM sessions");
+    long long p1 = th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'");
     sqlite3_close(c);
 
     char *r[] = {"report", "--db", fx->db, "--db", second, "--format", "csv", NULL};
     assert_int_equal(query(fx, "r.csv", r), 0);
-    char *out = slurp(path_in(fx, "r.csv"));
+    char *out = th_slurp(path_in(fx, "r.csv"), NULL);
     assert_true(strncmp(out, "db,id,", 6) == 0);
     char label[520];
     snprintf(label, sizeof(label), "\r\n%s,", second);
-    assert_int_equal(count_of(out, label), 3);
+    assert_int_equal(th_count(out, label), 3);
     free(out);
 
     char *s[] = {"stats", "--db",   fx->db,     "--db", second,
@@ -772,21 +692,17 @@ static void test_readers_never_block_the_station(void **state)
     char *args[] = {"run",         "--simulate", "8",    "--pace", "20",
                     "--replug-ms", "50",         "--db", fx->db,   NULL};
     pid_t pid = spawn_to(fx, fx->out, args);
-    struct timespec ts = {0, 100 * 1000 * 1000};
     int passes = 0;
     for (int i = 0; i < 100 && passes < 3; i++) {
-        nanosleep(&ts, NULL);
-        char *out = slurp(fx->out);
-        passes = count_of(out, " PASS ");
-        free(out);
+        th_sleep_ms(100);
+        passes = (int)th_file_count(fx->out, " PASS ");
     }
     assert_true(passes >= 3);
 
     /* a reader holding a read transaction open does not stop commits */
-    sqlite3 *c;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3 *c = th_db_open(fx->db, false);
     assert_int_equal(sqlite3_exec(c, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
-    long long seen = q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'");
+    long long seen = th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'");
     for (int i = 0; i < 10; i++) {
         char *r[] = {"report", "--db", fx->db, "--format", "csv", NULL};
         uint64_t t0 = uv_hrtime();
@@ -795,19 +711,15 @@ static void test_readers_never_block_the_station(void **state)
         assert_int_equal(query(fx, "s.txt", s), 0);
         assert_true(uv_hrtime() - t0 < 5000000000ull);
     }
-    char *out = slurp(fx->out);
-    int later = count_of(out, " PASS ");
-    free(out);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'"), seen);
+    int later = (int)th_file_count(fx->out, " PASS ");
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS'"), seen);
     assert_int_equal(sqlite3_exec(c, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(c);
     if (later <= passes)
         fail_msg("no PASS committed while readers ran (%d then %d)", passes, later);
     kill(pid, SIGTERM);
-    assert_int_equal(wait_exit(pid, 30), 0);
-    out = slurp(fx->out);
-    assert_null(strstr(out, "DB ERROR"));
-    free(out);
+    assert_int_equal(th_wait_exit(pid, 30, "station"), 0);
+    assert_false(th_file_has(fx->out, "DB ERROR"));
 }
 
 static void test_v1_file_is_read_then_migrated(void **state)
@@ -846,16 +758,17 @@ static void test_v1_file_is_read_then_migrated(void **state)
     assert_int_equal(query(fx, "r.csv", r), 0);
     expect_in(path_in(fx, "r.csv"), "7,old,A1,A1,OLD1,");
     c = db_rw(fx->db);
-    assert_int_equal(q_int(c, "PRAGMA user_version"), 1);
+    assert_int_equal(th_q_int(c, "PRAGMA user_version"), 1);
     sqlite3_close(c);
     /* the station migrates it and goes on numbering after it */
     char *args[] = {"run",    "--simulate", "1",    "--exit-after", "1",
                     "--pace", "0",          "--db", fx->db,         NULL};
     assert_int_equal(run(fx, 60, args), 0);
     c = db_rw(fx->db);
-    assert_int_equal(q_int(c, "PRAGMA user_version"), DB_SCHEMA_VERSION);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE id = 7 AND serial = 'OLD1'"), 1);
-    assert_int_equal(q_int(c, "SELECT MIN(id) FROM sessions WHERE id > 7"), 8);
+    assert_int_equal(th_q_int(c, "PRAGMA user_version"), DB_SCHEMA_VERSION);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE id = 7 AND serial = 'OLD1'"),
+                     1);
+    assert_int_equal(th_q_int(c, "SELECT MIN(id) FROM sessions WHERE id > 7"), 8);
     sqlite3_close(c);
 }
 
@@ -870,21 +783,21 @@ static void test_serial_policy_skip_fail_reflash(void **state)
 
     /* default policy: skip; nothing is written to the units */
     assert_int_equal(run(fx, 60, first), 0);
-    char *out = slurp(fx->out);
-    assert_int_equal(count_of(out, " ALREADY DONE (already passed demo-phone 1.0 on 20"), 2);
-    assert_int_equal(count_of(out, " PASS "), 0);
+    char *out = th_slurp(fx->out, NULL);
+    assert_int_equal(th_count(out, " ALREADY DONE (already passed demo-phone 1.0 on 20"), 2);
+    assert_int_equal(th_count(out, " PASS "), 0);
     free(out);
     sqlite3 *c = db_rw(fx->db);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'SKIPPED' AND"
-                              " bytes = 0 AND failed_step IS NULL AND reason LIKE"
-                              " 'already passed demo-phone 1.0 on 20%Z'"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'SKIPPED' AND"
+                                 " bytes = 0 AND failed_step IS NULL AND reason LIKE"
+                                 " 'already passed demo-phone 1.0 on 20%Z'"),
                      2);
     /* only the two getvar steps ran on a skipped unit */
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM steps JOIN sessions ON id = session_id WHERE"
-                              " sessions.result = 'SKIPPED'"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM steps JOIN sessions ON id = session_id WHERE"
+                                 " sessions.result = 'SKIPPED'"),
                      4);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM steps JOIN sessions ON id = session_id WHERE"
-                              " sessions.result = 'SKIPPED' AND name LIKE 'flash:%'"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM steps JOIN sessions ON id = session_id WHERE"
+                                 " sessions.result = 'SKIPPED' AND name LIKE 'flash:%'"),
                      0);
     sqlite3_close(c);
 
@@ -894,9 +807,9 @@ static void test_serial_policy_skip_fail_reflash(void **state)
                     "fail", NULL};
     assert_int_equal(run(fx, 60, fail), 1);
     c = db_rw(fx->db);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'FAIL' AND"
-                              " failed_step = 'getvar:serialno' AND reason LIKE 'serial SIM%'"
-                              " || ' already passed demo-phone 1.0 on 20%' AND bytes = 0"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'FAIL' AND"
+                                 " failed_step = 'getvar:serialno' AND reason LIKE 'serial SIM%'"
+                                 " || ' already passed demo-phone 1.0 on 20%' AND bytes = 0"),
                      2);
     sqlite3_close(c);
     expect_in(fx->out, " already passed demo-phone 1.0 on ");
@@ -907,8 +820,8 @@ static void test_serial_policy_skip_fail_reflash(void **state)
                      "reflash", NULL};
     assert_int_equal(run(fx, 60, again), 0);
     c = db_rw(fx->db);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS' AND"
-                              " bytes = 5242880"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'PASS' AND"
+                                 " bytes = 5242880"),
                      4);
     sqlite3_close(c);
 
@@ -916,8 +829,8 @@ static void test_serial_policy_skip_fail_reflash(void **state)
     char *fresh[] = {"run", "--simulate", "2",    "--exit-after", "2",    "--pace",
                      "0",   "--seed",     "4343", "--db",         fx->db, NULL};
     assert_int_equal(run(fx, 60, fresh), 0);
-    out = slurp(fx->out);
-    assert_int_equal(count_of(out, " PASS "), 2);
+    out = th_slurp(fx->out, NULL);
+    assert_int_equal(th_count(out, " PASS "), 2);
     free(out);
 
     char *bad[] = {"run", "--simulate", "2", "--db", fx->db, "--serial-policy", "maybe", NULL};
@@ -1026,9 +939,8 @@ static void ip_on_db_stopped(struct db *db, void *user_data)
  * verdict leaves nothing pending, and UV_RUN_ONCE would sleep forever. */
 static void ip_turn(struct ip *ip)
 {
-    struct timespec ts = {0, 1000 * 1000};
     uv_run(&ip->loop, UV_RUN_NOWAIT);
-    nanosleep(&ts, NULL);
+    th_sleep_ms(1);
 }
 
 static void ip_run_until(struct ip *ip, const bool *flag, const int *count, int want)
@@ -1119,10 +1031,10 @@ static void test_same_serial_on_two_slots_is_flagged(void **state)
 
     /* and it is all recorded */
     sqlite3 *c = db_rw(ip.path);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'FAIL' AND reason ="
-                              " 'serial 0123456789ABCDEF is also on slot virt-01'"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'FAIL' AND reason ="
+                                 " 'serial 0123456789ABCDEF is also on slot virt-01'"),
                      1);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'SKIPPED'"), 1);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result = 'SKIPPED'"), 1);
     sqlite3_close(c);
 }
 

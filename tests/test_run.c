@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "engine/image.h"
+#include "helpers.h"
 
 struct fx {
     char dir[256];
@@ -32,12 +33,10 @@ struct fx {
 static int setup(void **state)
 {
     struct fx *fx = calloc(1, sizeof(*fx));
-    snprintf(fx->dir, sizeof(fx->dir), "%s/runXXXXXX", TEST_TMPDIR);
-    mkdir(TEST_TMPDIR, 0755);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->db, sizeof(fx->db), "%s/t.db", fx->dir);
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
-    snprintf(fx->err, sizeof(fx->err), "%s/err.txt", fx->dir);
+    th_tmpdir("run", fx->dir, sizeof(fx->dir));
+    th_path(fx->db, sizeof(fx->db), fx->dir, "t.db");
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
+    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
     *state = fx;
     return 0;
 }
@@ -45,112 +44,43 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     return 0;
 }
 
-/* Start the station with argv (NULL-terminated, without argv[0]); stdout
- * and stderr go to the fixture's files. Returns the pid. */
+/* Start the station with argv (NULL-terminated, without argv[0]), behind
+ * `wrapper` ("valgrind --flag ...", split on spaces) if given; stdout and
+ * stderr go to the fixture's files. Returns the pid. */
 static pid_t spawn(struct fx *fx, const char *wrapper, char *const args[])
 {
-    char *argv[64];
-    int n = 0;
+    const char *argv[64];
+    char buf[512];
+    size_t n = 0;
     if (wrapper) {
-        /* "valgrind --flag ..." split on spaces */
-        static char buf[512];
         snprintf(buf, sizeof(buf), "%s", wrapper);
         for (char *tok = strtok(buf, " "); tok && n < 20; tok = strtok(NULL, " "))
             argv[n++] = tok;
     }
-    argv[n++] = (char *)STATION_BIN;
-    for (int i = 0; args[i] && n < 63; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(fx->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(fx->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Wait at most `limit_s` seconds; returns the exit status or -signal. */
-static int wait_exit(pid_t pid, int limit_s)
-{
-    int status;
-    for (int i = 0; i < limit_s * 100; i++) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("station did not exit within %d s", limit_s);
-    return -1;
+    th_argv(argv + n, 64 - n, STATION_BIN, (const char *const *)args);
+    return th_spawn(argv, fx->out, fx->err, NULL);
 }
 
 static int run(struct fx *fx, int limit_s, char *const args[])
 {
-    return wait_exit(spawn(fx, NULL, args), limit_s);
-}
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    char *buf = calloc(1, 1 << 20);
-    size_t n = fread(buf, 1, (1 << 20) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
+    return th_wait_exit(spawn(fx, NULL, args), limit_s, "station");
 }
 
 static sqlite3 *db_peek(struct fx *fx)
 {
-    sqlite3 *c;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    return c;
-}
-
-static long long q_int(sqlite3 *c, const char *sql)
-{
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
-static char *q_text(sqlite3 *c, const char *sql)
-{
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    const unsigned char *t = sqlite3_column_text(st, 0);
-    char *v = strdup(t ? (const char *)t : "");
-    sqlite3_finalize(st);
-    return v;
+    return th_db_open(fx->db, false);
 }
 
 static void demo_sha256(uint64_t size, uint32_t seed, char hex[65])
 {
     uint8_t *buf = malloc(size);
-    unsigned char out[32];
     eng_image_demo_fill(buf, size, seed);
-    crypto_hash_sha256(out, buf, size);
-    sodium_bin2hex(hex, 65, out, 32);
+    th_sha256_hex(buf, size, hex);
     free(buf);
 }
 
@@ -161,18 +91,18 @@ static void test_sixteen_pass_in_parallel(void **state)
                     "16",  "--db",       fx->db, NULL};
     assert_int_equal(run(fx, 120, args), 0);
     sqlite3 *c = db_peek(fx);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions"), 16);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 16);
-    assert_int_equal(q_int(c, "SELECT COUNT(DISTINCT serial) FROM sessions"), 16);
-    assert_int_equal(q_int(c, "SELECT COUNT(DISTINCT slot) FROM sessions"), 16);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE serial IS NULL OR serial=''"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions"), 16);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 16);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(DISTINCT serial) FROM sessions"), 16);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(DISTINCT slot) FROM sessions"), 16);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE serial IS NULL OR serial=''"),
                      0);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE recipe='demo-phone' AND "
-                              "recipe_version='1.0'"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE recipe='demo-phone' AND "
+                                 "recipe_version='1.0'"),
                      16);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE bytes=5242880"), 16);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE bytes=5242880"), 16);
     /* They really ran at once: every session started before any ended. */
-    assert_true(q_int(c, "SELECT MAX(started_ms) < MIN(ended_ms) FROM sessions"));
+    assert_true(th_q_int(c, "SELECT MAX(started_ms) < MIN(ended_ms) FROM sessions"));
     /* Each image's SHA-256 is recorded with every session. */
     char boot[65], system_[65];
     demo_sha256(1u << 20, 0xb007u, boot);
@@ -180,18 +110,18 @@ static void test_sixteen_pass_in_parallel(void **state)
     char sql[300];
     snprintf(sql, sizeof(sql),
              "SELECT COUNT(*) FROM session_images WHERE name='boot' AND sha256='%s'", boot);
-    assert_int_equal(q_int(c, sql), 16);
+    assert_int_equal(th_q_int(c, sql), 16);
     snprintf(sql, sizeof(sql),
              "SELECT COUNT(*) FROM session_images WHERE name='system' AND sha256='%s'", system_);
-    assert_int_equal(q_int(c, sql), 16);
+    assert_int_equal(th_q_int(c, sql), 16);
     /* One row per step, all PASS. */
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM steps WHERE result='PASS'"), 16 * 5);
-    char *mode = q_text(c, "PRAGMA journal_mode");
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM steps WHERE result='PASS'"), 16 * 5);
+    char *mode = th_q_text(c, "PRAGMA journal_mode");
     assert_string_equal(mode, "wal");
     free(mode);
     sqlite3_close(c);
     /* PASS lines are printed, and only after "recording result". */
-    char *out = slurp(fx->out);
+    char *out = th_slurp(fx->out, NULL);
     int passes = 0;
     for (char *p = out; (p = strstr(p, " PASS ")); p++)
         passes++;
@@ -221,25 +151,25 @@ static void test_three_faults_fail_only_their_sessions(void **state)
     assert_int_equal(run(fx, 60, args), 1);
     assert_true(time(NULL) - t0 < 30);
     sqlite3 *c = db_peek(fx);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 13);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='FAIL'"), 3);
-    char *r = q_text(c, "SELECT reason FROM sessions WHERE slot='virt-03'");
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 13);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='FAIL'"), 3);
+    char *r = th_q_text(c, "SELECT reason FROM sessions WHERE slot='virt-03'");
     assert_string_equal(r, "flash:system: flash: device replied FAIL: injected fault");
     free(r);
-    r = q_text(c, "SELECT reason FROM sessions WHERE slot='virt-07'");
+    r = th_q_text(c, "SELECT reason FROM sessions WHERE slot='virt-07'");
     assert_string_equal(
         r, "flash:system: download: device disconnected after 1048576 of 4194304 bytes");
     free(r);
-    r = q_text(c, "SELECT reason FROM sessions WHERE slot='virt-11'");
+    r = th_q_text(c, "SELECT reason FROM sessions WHERE slot='virt-11'");
     assert_string_equal(r, "getvar:product: no reply within 5 s");
     free(r);
-    r = q_text(c, "SELECT group_concat(failed_step, ',') FROM "
-                  "(SELECT failed_step FROM sessions WHERE result='FAIL' ORDER BY slot)");
+    r = th_q_text(c, "SELECT group_concat(failed_step, ',') FROM "
+                     "(SELECT failed_step FROM sessions WHERE result='FAIL' ORDER BY slot)");
     assert_string_equal(r, "flash:system,flash:system,getvar:product");
     free(r);
     /* the failing step's row carries the detail */
-    r = q_text(c, "SELECT detail FROM steps JOIN sessions ON sessions.id=steps.session_id "
-                  "WHERE slot='virt-03' AND steps.result='FAIL'");
+    r = th_q_text(c, "SELECT detail FROM steps JOIN sessions ON sessions.id=steps.session_id "
+                     "WHERE slot='virt-03' AND steps.result='FAIL'");
     assert_string_equal(r, "flash: device replied FAIL: injected fault");
     free(r);
     sqlite3_close(c);
@@ -254,17 +184,17 @@ static void test_wrong_product_is_never_written(void **state)
                     "--pace", "0",          "--fault", "2:fail=getvar:product", NULL};
     assert_int_equal(run(fx, 60, args), 1);
     sqlite3 *c = db_peek(fx);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM steps JOIN sessions ON id=session_id "
-                              "WHERE slot='virt-02'"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM steps JOIN sessions ON id=session_id "
+                                 "WHERE slot='virt-02'"),
                      1);
-    assert_int_equal(q_int(c, "SELECT bytes FROM sessions WHERE slot='virt-02'"), 0);
+    assert_int_equal(th_q_int(c, "SELECT bytes FROM sessions WHERE slot='virt-02'"), 0);
     sqlite3_close(c);
 }
 
 static void expect_usage_error(struct fx *fx, char *const args[], const char *needle)
 {
     assert_int_equal(run(fx, 30, args), 2);
-    char *err = slurp(fx->err);
+    char *err = th_slurp(fx->err, NULL);
     if (!strstr(err, needle))
         fail_msg("stderr \"%s\" does not mention \"%s\"", err, needle);
     free(err);
@@ -314,8 +244,8 @@ static void test_image_file_is_flashed_and_hashed(void **state)
     sqlite3 *c = db_peek(fx);
     char sql[600];
     snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM images WHERE path='%s' AND size=300000", path);
-    assert_int_equal(q_int(c, sql), 1);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE bytes=300000+4194304"), 2);
+    assert_int_equal(th_q_int(c, sql), 1);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE bytes=300000+4194304"), 2);
     sqlite3_close(c);
 }
 
@@ -325,35 +255,34 @@ static void test_sigterm_records_aborted_and_crash_is_recovered(void **state)
     /* slow devices, so sessions are in flight when the signal comes */
     char *args[] = {"run", "--simulate", "4", "--db", fx->db, "--pace", "1", NULL};
     pid_t pid = spawn(fx, NULL, args);
-    struct timespec ts = {1, 0};
-    nanosleep(&ts, NULL);
+    th_sleep_ms(1000);
     kill(pid, SIGTERM);
-    assert_int_equal(wait_exit(pid, 30), 0);
+    assert_int_equal(th_wait_exit(pid, 30, "station"), 0);
     sqlite3 *c = db_peek(fx);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED'"), 4);
-    char *r = q_text(c, "SELECT reason FROM sessions LIMIT 1");
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED'"), 4);
+    char *r = th_q_text(c, "SELECT reason FROM sessions LIMIT 1");
     assert_non_null(strstr(r, "station stopped during "));
     free(r);
     sqlite3_close(c);
 
     /* kill -9: nothing is closed; the next start closes them as ABORTED */
     pid = spawn(fx, NULL, args);
-    nanosleep(&ts, NULL);
+    th_sleep_ms(1000);
     kill(pid, SIGKILL);
-    assert_int_equal(wait_exit(pid, 30), -SIGKILL);
+    assert_int_equal(th_wait_exit(pid, 30, "station"), 128 + SIGKILL);
     c = db_peek(fx);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms IS NULL"), 4);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms IS NULL"), 4);
     sqlite3_close(c);
     char *args2[] = {"run",    "--simulate", "1",    "--exit-after", "1",
                      "--pace", "0",          "--db", fx->db,         NULL};
     assert_int_equal(run(fx, 60, args2), 0);
-    char *out = slurp(fx->out);
+    char *out = th_slurp(fx->out, NULL);
     assert_non_null(strstr(out, "recovered 4 interrupted session(s) as ABORTED"));
     free(out);
     c = db_peek(fx);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms IS NULL"), 0);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED'"), 8);
-    char *ic = q_text(c, "PRAGMA integrity_check");
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE ended_ms IS NULL"), 0);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='ABORTED'"), 8);
+    char *ic = th_q_text(c, "PRAGMA integrity_check");
     assert_string_equal(ic, "ok");
     free(ic);
     sqlite3_close(c);
@@ -365,7 +294,7 @@ static void test_clean_under_valgrind(void **state)
     skip();
 #else
     struct fx *fx = *state;
-    if (system("command -v valgrind >/dev/null 2>&1") != 0) {
+    if (!th_have("valgrind")) {
         fail_msg("valgrind is not installed (scripts/setup.sh installs it)");
     }
     char *args[] = {"run",
@@ -386,9 +315,9 @@ static void test_clean_under_valgrind(void **state)
                       "valgrind -q --error-exitcode=99 --leak-check=full "
                       "--errors-for-leak-kinds=definite,indirect,possible",
                       args);
-    int rc = wait_exit(pid, 240);
+    int rc = th_wait_exit(pid, 240, "valgrind");
     if (rc != 1) {
-        char *err = slurp(fx->err);
+        char *err = th_slurp(fx->err, NULL);
         fail_msg("valgrind run exited %d:\n%s", rc, err);
     }
 #endif

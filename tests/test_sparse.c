@@ -21,74 +21,7 @@
 
 #include "common/st_error.h"
 #include "engine/sparse.h"
-
-struct buf {
-    uint8_t *p;
-    size_t len, cap;
-};
-
-static int collect(void *priv, const void *data, size_t len)
-{
-    struct buf *b = priv;
-    if (b->len + len > b->cap) {
-        b->cap = (b->len + len) * 2;
-        b->p = realloc(b->p, b->cap);
-    }
-    if (data)
-        memcpy(b->p + b->len, data, len);
-    else
-        memset(b->p + b->len, 0, len);
-    b->len += len;
-    return 0;
-}
-
-/* The oracle: libsparse's pieces for the file at `path`. */
-static int oracle(const char *path, unsigned limit, struct buf **out)
-{
-    int fd = open(path, O_RDONLY);
-    assert_true(fd >= 0);
-    struct sparse_file *s = sparse_file_import_auto(fd, false, false);
-    assert_non_null(s);
-    int n = sparse_file_resparse(s, limit, NULL, 0);
-    struct sparse_file **pieces = calloc((size_t)n, sizeof(*pieces));
-    assert_int_equal(sparse_file_resparse(s, limit, pieces, n), n);
-    struct buf *bufs = calloc((size_t)n, sizeof(*bufs));
-    for (int i = 0; i < n; i++) {
-        assert_true(sparse_file_callback(pieces[i], true, false, collect, &bufs[i]) >= 0);
-        sparse_file_destroy(pieces[i]);
-    }
-    free(pieces);
-    sparse_file_destroy(s);
-    close(fd);
-    *out = bufs;
-    return n;
-}
-
-static void write_file(const char *path, const uint8_t *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
-/* Random data with runs of zero blocks, fill blocks and a partial tail. */
-static uint8_t *make_image(size_t len, unsigned seed)
-{
-    uint8_t *p = malloc(len);
-    srand(seed);
-    for (size_t i = 0; i < len; i++)
-        p[i] = (uint8_t)rand();
-    for (size_t blk = 0; blk * 4096 + 4096 <= len; blk++) {
-        int r = rand() % 10;
-        if (r < 3)
-            memset(p + blk * 4096, 0, 4096);
-        else if (r == 3)
-            for (size_t i = 0; i < 4096; i += 4)
-                memcpy(p + blk * 4096 + i, "\xde\xad\xbe\xef", 4);
-    }
-    return p;
-}
+#include "helpers.h"
 
 static void compare(const char *path, unsigned limit)
 {
@@ -103,8 +36,8 @@ static void compare(const char *path, unsigned limit)
     int rc = eng_sparse_plan_new(fd, map, (uint64_t)st.st_size, limit, &plan, err, sizeof(err));
     if (rc)
         fail_msg("plan failed: %s", err);
-    struct buf *want;
-    int n = oracle(path, limit, &want);
+    struct th_buf *want;
+    int n = th_oracle(path, limit, &want);
     assert_int_equal(eng_sparse_plan_count(plan), (unsigned)n);
     for (int i = 0; i < n; i++) {
         const struct eng_sparse_piece *pc = eng_sparse_plan_piece(plan, (unsigned)i);
@@ -118,9 +51,8 @@ static void compare(const char *path, unsigned limit)
             off += pc->iov[k].len;
         }
         assert_int_equal(off, want[i].len);
-        free(want[i].p);
     }
-    free(want);
+    th_oracle_free(want, n);
     eng_sparse_plan_free(plan);
     munmap((void *)map, (size_t)st.st_size);
     close(fd);
@@ -134,9 +66,9 @@ static void test_raw_images_split_like_libsparse(void **state)
     static const unsigned limits[] = {64 * 1024, 100 * 1024 + 3, 256 * 1024, 1024 * 1024};
     char path[300];
     for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
-        uint8_t *img = make_image(sizes[s], (unsigned)s + 1);
+        uint8_t *img = th_sparse_test_image(sizes[s], (unsigned)s + 1);
         snprintf(path, sizeof(path), "%s/raw%zu.img", dir, s);
-        write_file(path, img, sizes[s]);
+        th_spit(path, img, sizes[s]);
         free(img);
         for (size_t l = 0; l < sizeof(limits) / sizeof(limits[0]); l++)
             compare(path, limits[l]);
@@ -145,14 +77,13 @@ static void test_raw_images_split_like_libsparse(void **state)
 
 static void test_sparse_input_resparsed_like_libsparse(void **state)
 {
-    char raw[300], simg[300], cmd[700];
-    uint8_t *img = make_image(700 * 4096 + 99, 42);
+    char raw[300], simg[300];
+    uint8_t *img = th_sparse_test_image(700 * 4096 + 99, 42);
     snprintf(raw, sizeof(raw), "%s/in.img", dir);
     snprintf(simg, sizeof(simg), "%s/in.simg", dir);
-    write_file(raw, img, 700 * 4096 + 99);
+    th_spit(raw, img, 700 * 4096 + 99);
     free(img);
-    snprintf(cmd, sizeof(cmd), "img2simg '%s' '%s'", raw, simg);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(th_sh("img2simg '%s' '%s'", raw, simg), 0);
     compare(simg, 128 * 1024);
     compare(simg, 1024 * 1024);
 }
@@ -170,7 +101,7 @@ static void test_sixteen_mib_pieces_match_the_client(void **state)
         memcpy(img + i, &r, 4);
     }
     snprintf(path, sizeof(path), "%s/big.img", dir);
-    write_file(path, img, len);
+    th_spit(path, img, len);
     free(img);
     compare(path, 16u << 20);
     int fd = open(path, O_RDONLY);
@@ -203,15 +134,13 @@ static void test_limits_and_detection(void **state)
 
 static int group_setup(void **state)
 {
-    snprintf(dir, sizeof(dir), "/tmp/test_sparseXXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
+    th_tmpdir("sparse", dir, sizeof(dir));
+    return 0;
 }
 
 static int group_teardown(void **state)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return th_rmtree(dir);
 }
 
 int main(void)

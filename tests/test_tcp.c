@@ -36,6 +36,7 @@
 #include "engine/tcp.h"
 #include "engine/virt/vfb.h"
 #include "station/sim.h"
+#include "helpers.h"
 
 /* ---- shared helpers ---- */
 
@@ -46,47 +47,16 @@ static uint16_t random_port_base(void)
     return (uint16_t)(20000 + (r % 2000) * 16);
 }
 
-static char *slurp_n(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *len = 0;
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    buf[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 static char *slurp(const char *path)
 {
-    size_t n;
-    char *s = slurp_n(path, &n);
-    return s ? s : strdup("");
-}
-
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    fclose(f);
+    return th_slurp_or_empty(path, NULL);
 }
 
 /* The file at `path` holds exactly `want` (`len` bytes). */
 static void assert_file_equals(const char *path, const void *want, size_t len)
 {
     size_t n;
-    char *got = slurp_n(path, &n);
-    if (!got)
-        fail_msg("%s: missing", path);
+    char *got = th_slurp(path, &n);
     if (n != len)
         fail_msg("%s: %zu bytes, expected %zu", path, n, len);
     if (memcmp(got, want, len) != 0) {
@@ -101,8 +71,7 @@ static void assert_file_equals(const char *path, const void *want, size_t len)
 static void assert_files_equal(const char *a, const char *b)
 {
     size_t n;
-    char *want = slurp_n(b, &n);
-    assert_non_null(want);
+    char *want = th_slurp(b, &n);
     assert_file_equals(a, want, n);
     free(want);
 }
@@ -113,73 +82,6 @@ static uint8_t *demo(size_t len, uint32_t seed)
     assert_non_null(buf);
     eng_image_demo_fill(buf, len, seed);
     return buf;
-}
-
-/* Random data with runs of zero blocks and fill blocks. */
-static uint8_t *make_image(size_t len, unsigned seed)
-{
-    uint8_t *p = malloc(len);
-    srand(seed);
-    for (size_t i = 0; i < len; i++)
-        p[i] = (uint8_t)rand();
-    for (size_t blk = 0; blk * 4096 + 4096 <= len; blk++) {
-        int r = rand() % 10;
-        if (r < 3)
-            memset(p + blk * 4096, 0, 4096);
-        else if (r == 3)
-            for (size_t i = 0; i < 4096; i += 4)
-                memcpy(p + blk * 4096 + i, "\xde\xad\xbe\xef", 4);
-    }
-    return p;
-}
-
-/* libsparse, the AOSP client's own code, is the oracle for split pieces. */
-struct buf {
-    uint8_t *p;
-    size_t len, cap;
-};
-
-static int collect(void *priv, const void *data, size_t len)
-{
-    struct buf *b = priv;
-    if (b->len + len > b->cap) {
-        b->cap = (b->len + len) * 2;
-        b->p = realloc(b->p, b->cap);
-    }
-    if (data)
-        memcpy(b->p + b->len, data, len);
-    else
-        memset(b->p + b->len, 0, len);
-    b->len += len;
-    return 0;
-}
-
-static int oracle(const char *path, unsigned limit, struct buf **out)
-{
-    int fd = open(path, O_RDONLY);
-    assert_true(fd >= 0);
-    struct sparse_file *s = sparse_file_import_auto(fd, false, false);
-    assert_non_null(s);
-    int n = sparse_file_resparse(s, limit, NULL, 0);
-    struct sparse_file **pieces = calloc((size_t)n, sizeof(*pieces));
-    assert_int_equal(sparse_file_resparse(s, limit, pieces, n), n);
-    struct buf *bufs = calloc((size_t)n, sizeof(*bufs));
-    for (int i = 0; i < n; i++) {
-        assert_true(sparse_file_callback(pieces[i], true, false, collect, &bufs[i]) >= 0);
-        sparse_file_destroy(pieces[i]);
-    }
-    free(pieces);
-    sparse_file_destroy(s);
-    close(fd);
-    *out = bufs;
-    return n;
-}
-
-static void free_oracle(struct buf *b, int n)
-{
-    for (int i = 0; i < n; i++)
-        free(b[i].p);
-    free(b);
 }
 
 /* ======================================================================
@@ -372,15 +274,6 @@ static int ip_teardown(void **state)
     return 0;
 }
 
-static void add_step(struct cfg_recipe *r, enum cfg_step_kind kind, const char *arg, int image)
-{
-    struct cfg_step *s = &r->steps[r->n_steps++];
-    memset(s, 0, sizeof(*s));
-    s->kind = kind;
-    s->image = image;
-    snprintf(s->arg, sizeof(s->arg), "%s", arg);
-}
-
 static const struct eng_vfb_part *find_part(struct eng_vfb *dev, const char *name)
 {
     unsigned n;
@@ -398,11 +291,11 @@ static void test_reboot_bootloader_continues_over_tcp(void **state)
     struct ip *ip = *state;
     struct cfg_recipe *r = &ip->recipe;
     r->n_steps = 0;
-    add_step(r, CFG_STEP_GETVAR, "product", -1);
-    add_step(r, CFG_STEP_REBOOT_BOOTLOADER, "", -1);
-    add_step(r, CFG_STEP_FLASH, "boot", 0);
-    add_step(r, CFG_STEP_SET_ACTIVE, "b", -1);
-    add_step(r, CFG_STEP_ERASE, "userdata", -1);
+    th_add_step(r, CFG_STEP_GETVAR, "product", -1);
+    th_add_step(r, CFG_STEP_REBOOT_BOOTLOADER, "", -1);
+    th_add_step(r, CFG_STEP_FLASH, "boot", 0);
+    th_add_step(r, CFG_STEP_SET_ACTIVE, "b", -1);
+    th_add_step(r, CFG_STEP_ERASE, "userdata", -1);
     struct st_sim_options so = {.count = 1, .keep_data = true, .reenum_ms = 100};
     ip_sim(ip, &so);
     ip_engine(ip, true);
@@ -477,7 +370,7 @@ static void test_data_phase_timeout_drops_the_link(void **state)
     struct ip *ip = *state;
     cfg_recipe_default(&ip->recipe, 32u << 20);
     ip->recipe.n_steps = 0;
-    add_step(&ip->recipe, CFG_STEP_FLASH, "system", 1);
+    th_add_step(&ip->recipe, CFG_STEP_FLASH, "system", 1);
     struct st_sim_options so = {.count = 1, .pace_mbps = 2};
     ip_sim(ip, &so);
     struct eng_options eo = {.reply_timeout_ms = 300, .min_rate_bps = 100000000};
@@ -707,63 +600,24 @@ struct fx {
 static int fx_setup(void **state)
 {
     struct fx *fx = calloc(1, sizeof(*fx));
-    snprintf(fx->dir, sizeof(fx->dir), "%s/tcpXXXXXX", TEST_TMPDIR);
-    mkdir(TEST_TMPDIR, 0755);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->db, sizeof(fx->db), "%s/t.db", fx->dir);
-    snprintf(fx->sim_out, sizeof(fx->sim_out), "%s/sim.out", fx->dir);
-    snprintf(fx->sim_err, sizeof(fx->sim_err), "%s/sim.err", fx->dir);
+    th_tmpdir("tcp", fx->dir, sizeof(fx->dir));
+    th_path(fx->db, sizeof(fx->db), fx->dir, "t.db");
+    th_path(fx->sim_out, sizeof(fx->sim_out), fx->dir, "sim.out");
+    th_path(fx->sim_err, sizeof(fx->sim_err), fx->dir, "sim.err");
     *state = fx;
     return 0;
 }
 
-static int wait_exit(pid_t pid, int limit_s, const char *what);
-
 static int fx_teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
     if (fx->sim > 0) {
         kill(fx->sim, SIGKILL);
         waitpid(fx->sim, NULL, 0);
     }
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     return 0;
-}
-
-/* Run `argv` (argv[0] is the program) with stdout/stderr to files. */
-static pid_t spawn(char *const argv[], const char *out, const char *err)
-{
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static int wait_exit(pid_t pid, int limit_s, const char *what)
-{
-    int status;
-    for (int i = 0; i < limit_s * 100; i++) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("%s did not exit within %d s", what, limit_s);
-    return -1;
 }
 
 /* Start `station sim --tcp 127.0.0.1:PORT ARGS...` on a free port and wait
@@ -772,23 +626,13 @@ static void start_sim(struct fx *fx, const char *const extra[])
 {
     for (int tries = 0; tries < 10; tries++) {
         char tcp[64];
-        char *argv[64];
-        int n = 0;
+        const char *argv[64] = {STATION_BIN, "sim", "--tcp"};
         fx->port = random_port_base();
         snprintf(tcp, sizeof(tcp), "127.0.0.1:%u", (unsigned)fx->port);
-        argv[n++] = (char *)STATION_BIN;
-        argv[n++] = "sim";
-        argv[n++] = "--tcp";
-        argv[n++] = tcp;
-        for (int i = 0; extra && extra[i] && n < 62; i++)
-            argv[n++] = (char *)extra[i];
-        argv[n] = NULL;
-        fx->sim = spawn(argv, fx->sim_out, fx->sim_err);
+        th_argv(argv + 3, 61, tcp, extra);
+        fx->sim = th_spawn(argv, fx->sim_out, fx->sim_err, NULL);
         for (int i = 0; i < 500; i++) {
-            char *out = slurp(fx->sim_out);
-            bool ready = strstr(out, "; ready") != NULL;
-            free(out);
-            if (ready)
+            if (th_file_has(fx->sim_out, "; ready"))
                 return;
             int status;
             if (waitpid(fx->sim, &status, WNOHANG) == fx->sim) {
@@ -800,8 +644,7 @@ static void start_sim(struct fx *fx, const char *const extra[])
                 free(err);
                 break;
             }
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
+            th_sleep_ms(10);
         }
         if (fx->sim)
             fail_msg("station sim did not get ready");
@@ -813,7 +656,7 @@ static void start_sim(struct fx *fx, const char *const extra[])
 static void stop_sim(struct fx *fx)
 {
     kill(fx->sim, SIGTERM);
-    int rc = wait_exit(fx->sim, 10, "station sim");
+    int rc = th_wait_exit(fx->sim, 10, "station sim");
     fx->sim = 0;
     if (rc != 0) {
         char *err = slurp(fx->sim_err);
@@ -826,18 +669,12 @@ static void stop_sim(struct fx *fx)
 static int fastboot(struct fx *fx, char **err, const char *const args[])
 {
     char serial[64], out[300], errp[300];
-    char *argv[32];
-    int n = 0;
+    const char *argv[32] = {"fastboot", "-s"};
     snprintf(serial, sizeof(serial), "tcp:127.0.0.1:%u", (unsigned)fx->port);
-    snprintf(out, sizeof(out), "%s/fb.out", fx->dir);
-    snprintf(errp, sizeof(errp), "%s/fb.err", fx->dir);
-    argv[n++] = "fastboot";
-    argv[n++] = "-s";
-    argv[n++] = serial;
-    for (int i = 0; args[i] && n < 31; i++)
-        argv[n++] = (char *)args[i];
-    argv[n] = NULL;
-    int rc = wait_exit(spawn(argv, out, errp), 60, "fastboot");
+    th_path(out, sizeof(out), fx->dir, "fb.out");
+    th_path(errp, sizeof(errp), fx->dir, "fb.err");
+    th_argv(argv + 2, 30, serial, args);
+    int rc = th_wait_exit(th_spawn(argv, out, errp, NULL), 60, "fastboot");
     char *e = slurp(errp);
     if (err)
         *err = e;
@@ -862,7 +699,7 @@ static void test_fastboot_client_against_sim(void **state)
 {
     struct fx *fx = *state;
     char dump[300], p[8][400], cmd[2000];
-    if (system("command -v fastboot >/dev/null 2>&1") != 0)
+    if (!th_have("fastboot"))
         fail_msg("fastboot is not installed (scripts/setup.sh installs it)");
     snprintf(dump, sizeof(dump), "%s/dump", fx->dir);
     const char *sim_args[] = {"--keep-data",    "--dump",  dump, "--ab",
@@ -876,15 +713,15 @@ static void test_fastboot_client_against_sim(void **state)
     snprintf(p[2], sizeof(p[2]), "%s/vendor.raw", fx->dir);
     snprintf(p[3], sizeof(p[3]), "%s/s.img", fx->dir);
     snprintf(p[4], sizeof(p[4]), "%s/vendor.out", fx->dir);
-    uint8_t *small = make_image(300000, 1);
-    write_file(p[0], small, 300000);
+    uint8_t *small = th_sparse_test_image(300000, 1);
+    th_spit(p[0], small, 300000);
     size_t big_len = (3u << 20) + 3 * 4096;
-    uint8_t *big = make_image(big_len, 2);
-    write_file(p[1], big, big_len);
+    uint8_t *big = th_sparse_test_image(big_len, 2);
+    th_spit(p[1], big, big_len);
     uint8_t *vraw = calloc(1, 2u << 20);
     memcpy(vraw, big, 4096);
     memcpy(vraw + 400 * 4096, big + 8192, 8192);
-    write_file(p[2], vraw, 2u << 20);
+    th_spit(p[2], vraw, 2u << 20);
     free(vraw);
     snprintf(cmd, sizeof(cmd), "img2simg '%s' '%s' && simg2img '%s' '%s'", p[2], p[3], p[3], p[4]);
     assert_int_equal(system(cmd), 0);
@@ -936,48 +773,17 @@ static void test_fastboot_client_against_sim(void **state)
     free(out);
 }
 
-static long long q_int(sqlite3 *c, const char *sql)
-{
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
-static char *q_text(sqlite3 *c, const char *sql)
-{
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    const unsigned char *t = sqlite3_column_text(st, 0);
-    char *v = strdup(t ? (const char *)t : "");
-    sqlite3_finalize(st);
-    return v;
-}
-
 /* `station run --tcp 127.0.0.1:FIRST-LAST ARGS...`; returns the exit code. */
 static int run_station(struct fx *fx, unsigned count, const char *const extra[], int limit_s)
 {
     char tcp[64], out[300], err[300];
-    char *argv[64];
-    int n = 0;
+    const char *argv[64] = {STATION_BIN, "run", "--tcp", tcp, "--headless", "--db"};
     snprintf(tcp, sizeof(tcp), "127.0.0.1:%u-%u", (unsigned)fx->port,
              (unsigned)fx->port + count - 1);
-    snprintf(out, sizeof(out), "%s/run.out", fx->dir);
-    snprintf(err, sizeof(err), "%s/run.err", fx->dir);
-    argv[n++] = (char *)STATION_BIN;
-    argv[n++] = "run";
-    argv[n++] = "--tcp";
-    argv[n++] = tcp;
-    argv[n++] = "--headless";
-    argv[n++] = "--db";
-    argv[n++] = fx->db;
-    for (int i = 0; extra[i] && n < 62; i++)
-        argv[n++] = (char *)extra[i];
-    argv[n] = NULL;
-    return wait_exit(spawn(argv, out, err), limit_s, "station run");
+    th_path(out, sizeof(out), fx->dir, "run.out");
+    th_path(err, sizeof(err), fx->dir, "run.err");
+    th_argv(argv + 6, 58, fx->db, extra);
+    return th_wait_exit(th_spawn(argv, out, err, NULL), limit_s, "station run");
 }
 
 static void test_station_flashes_sim_devices_like_libsparse(void **state)
@@ -1002,21 +808,20 @@ static void test_station_flashes_sim_devices_like_libsparse(void **state)
     }
     stop_sim(fx);
 
-    sqlite3 *c;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 4);
-    assert_int_equal(q_int(c, "SELECT COUNT(DISTINCT slot) FROM sessions WHERE slot LIKE "
-                              "'tcp:127.0.0.1:%'"),
+    sqlite3 *c = th_db_open(fx->db, false);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 4);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(DISTINCT slot) FROM sessions WHERE slot LIKE "
+                                 "'tcp:127.0.0.1:%'"),
                      4);
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE serial LIKE 'TCP%'"), 4);
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE serial LIKE 'TCP%'"), 4);
     sqlite3_close(c);
 
     uint8_t *boot = demo(1u << 20, 0xb007u);
     uint8_t *sys = demo(4u << 20, 0x5157u);
     snprintf(sysimg, sizeof(sysimg), "%s/system.img", fx->dir);
-    write_file(sysimg, sys, 4u << 20);
-    struct buf *pieces;
-    int n = oracle(sysimg, (unsigned)eng_sparse_piece_limit(1u << 20), &pieces);
+    th_spit(sysimg, sys, 4u << 20);
+    struct th_buf *pieces;
+    int n = th_oracle(sysimg, (unsigned)eng_sparse_piece_limit(1u << 20), &pieces);
     assert_int_equal(n, 5);
     for (unsigned d = 1; d <= 4; d++) {
         snprintf(path, sizeof(path), "%s/dev%u/boot.img", dump, d);
@@ -1034,7 +839,7 @@ static void test_station_flashes_sim_devices_like_libsparse(void **state)
         snprintf(path, sizeof(path), "%s/dev%u/download-%d.bin", dump, d, n + 2);
         assert_int_equal(access(path, F_OK), -1);
     }
-    free_oracle(pieces, n);
+    th_oracle_free(pieces, n);
     free(boot);
     free(sys);
 }
@@ -1049,16 +854,16 @@ static void test_faults_over_tcp_name_step_and_piece(void **state)
     char sysimg[300], f2[80], f4[80];
     uint8_t *sys = demo(4u << 20, 0x5157u);
     snprintf(sysimg, sizeof(sysimg), "%s/system.img", fx->dir);
-    write_file(sysimg, sys, 4u << 20);
+    th_spit(sysimg, sys, 4u << 20);
     free(sys);
-    struct buf *pieces;
-    int n = oracle(sysimg, 1u << 20, &pieces);
+    struct th_buf *pieces;
+    int n = th_oracle(sysimg, 1u << 20, &pieces);
     assert_int_equal(n, 5);
     uint64_t boot = 1u << 20;
     snprintf(f2, sizeof(f2), "2:disconnect=%llu", (unsigned long long)(boot + pieces[0].len));
     snprintf(f4, sizeof(f4), "4:disconnect=%llu",
              (unsigned long long)(boot + pieces[0].len + pieces[1].len + pieces[2].len / 2));
-    free_oracle(pieces, n);
+    th_oracle_free(pieces, n);
     const char *sim_args[] = {"--count",
                               "5",
                               "--max-download",
@@ -1097,7 +902,7 @@ static void test_faults_over_tcp_name_step_and_piece(void **state)
                  "SELECT result || '|' || COALESCE(reason, '') FROM sessions "
                  "WHERE slot='tcp:127.0.0.1:%u' ORDER BY id LIMIT 1",
                  (unsigned)fx->port + d);
-        char *r = q_text(c, sql);
+        char *r = th_q_text(c, sql);
         if (!want[d]) {
             assert_string_equal(r, "PASS|");
         } else if (strncmp(r, "FAIL|", 5) != 0 || strncmp(r + 5, want[d], strlen(want[d])) != 0) {
@@ -1105,23 +910,20 @@ static void test_faults_over_tcp_name_step_and_piece(void **state)
         }
         free(r);
     }
-    assert_int_equal(q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='FAIL' AND "
-                              "failed_step='flash:system'"),
+    assert_int_equal(th_q_int(c, "SELECT COUNT(*) FROM sessions WHERE result='FAIL' AND "
+                                 "failed_step='flash:system'"),
                      4);
     sqlite3_close(c);
 }
 
 static void expect_usage(struct fx *fx, char *const args[], const char *needle)
 {
-    char *argv[32], out[300], err[300];
-    int n = 0;
-    argv[n++] = (char *)STATION_BIN;
-    for (int i = 0; args[i]; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    snprintf(out, sizeof(out), "%s/u.out", fx->dir);
-    snprintf(err, sizeof(err), "%s/u.err", fx->dir);
-    assert_int_equal(wait_exit(spawn(argv, out, err), 20, "station"), 2);
+    const char *argv[32];
+    char out[300], err[300];
+    th_argv(argv, 32, STATION_BIN, (const char *const *)args);
+    th_path(out, sizeof(out), fx->dir, "u.out");
+    th_path(err, sizeof(err), fx->dir, "u.err");
+    assert_int_equal(th_wait_exit(th_spawn(argv, out, err, NULL), 20, "station"), 2);
     char *e = slurp(err);
     if (!strstr(e, needle))
         fail_msg("stderr \"%s\" does not mention \"%s\"", e, needle);

@@ -36,6 +36,8 @@
 #include <sodium.h>
 #include <sqlite3.h>
 
+#include "helpers.h"
+
 #define ALARM_S 240
 #define BOOT_BYTES (256u << 10)
 #define SYSTEM_BYTES (3u << 20) /* 3+ s per session at --pace 1 (the reload test) */
@@ -46,47 +48,16 @@ struct fx {
     char boot_sha[65], system_sha[65];
 };
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
-static void write_file(struct fx *fx, const char *name, const char *text)
-{
-    char path[400];
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
-    assert_int_equal(fclose(f), 0);
-}
-
 /* `len` pseudo-random bytes into dir/name; their SHA-256 in hex. */
 static void random_image(struct fx *fx, const char *name, size_t len, uint32_t seed, char hex[65])
 {
     char path[400];
-    unsigned char sum[32];
     uint8_t *buf = malloc(len);
     assert_non_null(buf);
-    for (size_t i = 0; i < len; i++) {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        buf[i] = (uint8_t)seed;
-    }
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-    crypto_hash_sha256(sum, buf, len);
-    sodium_bin2hex(hex, 65, sum, 32);
+    th_fill_xorshift(buf, len, seed);
+    th_path(path, sizeof(path), fx->dir, name);
+    th_spit(path, buf, len);
+    th_sha256_hex(buf, len, hex);
     free(buf);
 }
 
@@ -104,7 +75,7 @@ static void write_recipe(struct fx *fx, const char *version, const char *system_
              "flash system system\n"
              "reboot\n",
              version, fx->boot_sha, system_image, fx->system_sha);
-    write_file(fx, "recipes/phone.recipe", text);
+    th_spit_in(fx->dir, "recipes/phone.recipe", text);
 }
 
 #define STATION_INI                                                                                \
@@ -120,7 +91,7 @@ static void write_recipe(struct fx *fx, const char *version, const char *system_
 
 static int setup(void **state)
 {
-    if (sh("command -v minisign >/dev/null") != 0) {
+    if (th_sh("command -v minisign >/dev/null") != 0) {
         fprintf(stderr, "test_trust_station: minisign not found (apt-get install minisign; "
                         "scripts/setup.sh installs it)\n");
         return -1;
@@ -130,26 +101,25 @@ static int setup(void **state)
     struct fx *fx = calloc(1, sizeof(*fx));
     assert_non_null(fx);
     alarm(ALARM_S);
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/truststXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
-    snprintf(fx->err, sizeof(fx->err), "%s/err.txt", fx->dir);
-    snprintf(fx->db, sizeof(fx->db), "%s/station.db", fx->dir);
-    assert_int_equal(sh("cd '%s' && mkdir images recipes keys", fx->dir), 0);
+    th_tmpdir("trustst", fx->dir, sizeof(fx->dir));
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
+    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
+    th_path(fx->db, sizeof(fx->db), fx->dir, "station.db");
+    assert_int_equal(th_sh("cd '%s' && mkdir images recipes keys", fx->dir), 0);
     random_image(fx, "images/boot.img", BOOT_BYTES, 0xb007u, fx->boot_sha);
     random_image(fx, "images/system.img", SYSTEM_BYTES, 0x5157u, fx->system_sha);
     /* a key pair without password, and both images signed with it
      * (prehashed signatures, minisign's default) */
-    assert_int_equal(sh("cd '%s' && minisign -G -p keys/station.pub -s keys/station.key -W "
-                        ">/dev/null </dev/null && "
-                        "minisign -S -s keys/station.key -m images/boot.img >/dev/null </dev/null "
-                        "&& minisign -S -s keys/station.key -m images/system.img "
-                        "-t 'release 7' >/dev/null </dev/null",
-                        fx->dir),
-                     0);
+    assert_int_equal(
+        th_sh("cd '%s' && minisign -G -p keys/station.pub -s keys/station.key -W "
+              ">/dev/null </dev/null && "
+              "minisign -S -s keys/station.key -m images/boot.img >/dev/null </dev/null "
+              "&& minisign -S -s keys/station.key -m images/system.img "
+              "-t 'release 7' >/dev/null </dev/null",
+              fx->dir),
+        0);
     write_recipe(fx, "1.0", "system.img");
-    write_file(fx, "station.ini", STATION_INI);
+    th_spit_in(fx->dir, "station.ini", STATION_INI);
     *state = fx;
     return 0;
 }
@@ -157,35 +127,17 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    if (sh("rm -rf '%s'", fx->dir) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     alarm(0);
     return 0;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static void show(struct fx *fx)
 {
-    char *o = slurp(fx->out), *e = slurp(fx->err);
-    fprintf(stderr, "--- stdout\n%s--- stderr\n%s---\n", o, e);
-    free(o);
-    free(e);
+    th_show("stdout", fx->out);
+    th_show("stderr", fx->err);
+    fputs("---\n", stderr);
 }
 
 /* Start the station with args (NULL-terminated, without argv[0]) in the
@@ -193,40 +145,18 @@ static void show(struct fx *fx)
 static pid_t spawn(struct fx *fx, const char *const *args)
 {
     const char *argv[40];
-    int n = 0;
-    argv[n++] = STATION_BIN;
-    for (int i = 0; args[i] && n < 39; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(fx->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(fx->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        if (chdir(fx->dir) != 0)
-            _exit(126);
-        execv(argv[0], (char **)argv);
-        _exit(127);
-    }
-    return pid;
+    th_argv(argv, 40, STATION_BIN, args);
+    return th_spawn(argv, fx->out, fx->err, fx->dir);
 }
 
 static int wait_exit(struct fx *fx, pid_t pid, int limit_s)
 {
-    int status;
-    for (int i = 0; i < limit_s * 200; i++) {
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+    int rc;
+    if (!th_wait_for(pid, limit_s, &rc)) {
+        show(fx);
+        fail_msg("station did not exit within %d s", limit_s);
     }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    show(fx);
-    fail_msg("station did not exit within %d s", limit_s);
-    return -1;
+    return rc;
 }
 
 #define RUN(fx, limit, ...)                                                                        \
@@ -242,10 +172,7 @@ static void expect_rc(struct fx *fx, int rc, int want)
 
 static void expect_in(struct fx *fx, const char *file, const char *needle)
 {
-    char *text = slurp(file);
-    bool hit = strstr(text, needle) != NULL;
-    free(text);
-    if (!hit) {
+    if (!th_file_has(file, needle)) {
         show(fx);
         fail_msg("expected \"%s\" in %s", needle, file);
     }
@@ -253,10 +180,7 @@ static void expect_in(struct fx *fx, const char *file, const char *needle)
 
 static void expect_not_in(struct fx *fx, const char *file, const char *needle)
 {
-    char *text = slurp(file);
-    bool hit = strstr(text, needle) != NULL;
-    free(text);
-    if (hit) {
+    if (th_file_has(file, needle)) {
         show(fx);
         fail_msg("did not expect \"%s\" in %s", needle, file);
     }
@@ -265,33 +189,10 @@ static void expect_not_in(struct fx *fx, const char *file, const char *needle)
 /* Wait until `needle` shows in the station's stdout (at most limit_s). */
 static void await_out(struct fx *fx, const char *needle, int limit_s)
 {
-    for (int i = 0; i < limit_s * 100; i++) {
-        char *text = slurp(fx->out);
-        bool hit = strstr(text, needle) != NULL;
-        free(text);
-        if (hit)
-            return;
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    show(fx);
-    fail_msg("\"%s\" did not show within %d s", needle, limit_s);
-}
-
-static long long db_int(struct fx *fx, const char *sql)
-{
-    sqlite3 *c;
-    sqlite3_stmt *st;
-    if (sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    if (!th_await_file(fx->out, needle, limit_s)) {
         show(fx);
-        fail_msg("cannot open %s", fx->db);
+        fail_msg("\"%s\" did not show within %d s", needle, limit_s);
     }
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(c);
-    return v;
 }
 
 /* `station check` exits 2 naming `why`; `station run` refuses with it
@@ -309,8 +210,8 @@ static void expect_refused(struct fx *fx, const char *why)
     expect_in(fx, fx->err, why);
     expect_not_in(fx, fx->out, "arrived on virt-");
     expect_not_in(fx, fx->out, "session 1 started");
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions"), 0);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM steps"), 0);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 0);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM steps"), 0);
 }
 
 static void test_good_signatures_pass(void **state)
@@ -326,15 +227,16 @@ static void test_good_signatures_pass(void **state)
     rc = RUN(fx, 60, "run", "-c", "station.ini", "--simulate", "2", "--exit-after", "2",
              "--headless", "--pace", "0");
     expect_rc(fx, rc, 0);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 2);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE recipe = 'trust-phone' AND "
-                                "recipe_version = '1.0'"),
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 2);
+    assert_int_equal(th_db_int(fx->db,
+                               "SELECT count(*) FROM sessions WHERE recipe = 'trust-phone' AND "
+                               "recipe_version = '1.0'"),
                      2);
     char sql[300];
     snprintf(sql, sizeof(sql),
              "SELECT count(*) FROM session_images WHERE name = 'system' AND sha256 = '%s'",
              fx->system_sha);
-    assert_int_equal(db_int(fx, sql), 2);
+    assert_int_equal(th_db_int(fx->db, sql), 2);
 }
 
 static void test_changed_byte_is_refused(void **state)
@@ -359,13 +261,13 @@ static void damage_signature(struct fx *fx, const char *name)
 {
     char path[400];
     snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
-    char *text = slurp(path);
+    char *text = th_slurp_or_empty(path, NULL);
     char *line2 = strchr(text, '\n');
     assert_non_null(line2);
     line2++;
     assert_true(strcspn(line2, "\n") > 60);
     line2[40] = line2[40] == 'A' ? 'B' : 'A';
-    write_file(fx, name, text);
+    th_spit_in(fx->dir, name, text);
     free(text);
 }
 
@@ -373,38 +275,38 @@ static void test_bad_and_missing_signatures_are_refused(void **state)
 {
     struct fx *fx = *state;
     /* a good signature of other bytes, by the right key */
-    assert_int_equal(sh("cd '%s' && head -c 1000 images/boot.img > images/other.bin && "
-                        "minisign -S -s keys/station.key -m images/other.bin "
-                        "-x images/system.img.minisig >/dev/null </dev/null",
-                        fx->dir),
+    assert_int_equal(th_sh("cd '%s' && head -c 1000 images/boot.img > images/other.bin && "
+                           "minisign -S -s keys/station.key -m images/other.bin "
+                           "-x images/system.img.minisig >/dev/null </dev/null",
+                           fx->dir),
                      0);
     expect_refused(fx, "images/system.img: refused: ");
     expect_in(fx, fx->err, "images/system.img.minisig: signature does not match");
 
     /* the right bytes signed by another key */
-    assert_int_equal(sh("cd '%s' && minisign -G -p keys/other.pub -s keys/other.key -W "
-                        ">/dev/null </dev/null && minisign -S -s keys/other.key "
-                        "-m images/system.img >/dev/null </dev/null",
-                        fx->dir),
+    assert_int_equal(th_sh("cd '%s' && minisign -G -p keys/other.pub -s keys/other.key -W "
+                           ">/dev/null </dev/null && minisign -S -s keys/other.key "
+                           "-m images/system.img >/dev/null </dev/null",
+                           fx->dir),
                      0);
     expect_refused(fx, "images/system.img.minisig: signed by another key");
 
     /* a good signature with one base64 character of it changed */
-    assert_int_equal(sh("cd '%s' && minisign -S -s keys/station.key -m images/system.img "
-                        ">/dev/null </dev/null",
-                        fx->dir),
+    assert_int_equal(th_sh("cd '%s' && minisign -S -s keys/station.key -m images/system.img "
+                           ">/dev/null </dev/null",
+                           fx->dir),
                      0);
     damage_signature(fx, "images/system.img.minisig");
     expect_refused(fx, "images/system.img.minisig: signature does not match");
 
     /* no signature at all */
-    assert_int_equal(sh("rm '%s/images/system.img.minisig'", fx->dir), 0);
+    assert_int_equal(th_sh("rm '%s/images/system.img.minisig'", fx->dir), 0);
     expect_refused(fx, "images/system.img.minisig: missing");
 
     /* signed again: accepted again */
-    assert_int_equal(sh("cd '%s' && minisign -S -s keys/station.key -m images/system.img "
-                        ">/dev/null </dev/null",
-                        fx->dir),
+    assert_int_equal(th_sh("cd '%s' && minisign -S -s keys/station.key -m images/system.img "
+                           ">/dev/null </dev/null",
+                           fx->dir),
                      0);
     int rc = RUN(fx, 30, "check", "-c", "station.ini");
     expect_rc(fx, rc, 0);
@@ -423,7 +325,7 @@ static void test_sighup_reload(void **state)
     await_out(fx, "session 2 started: trust-phone 1.0", 20);
 
     /* a file that does not load: named with line and column, the station runs on */
-    write_file(fx, "station.ini", STATION_INI "bogus line\n");
+    th_spit_in(fx->dir, "station.ini", STATION_INI "bogus line\n");
     kill(pid, SIGHUP);
     await_out(fx,
               "config reload failed: station.ini:10:1: expected \"key = value\", a [section] "
@@ -431,8 +333,9 @@ static void test_sighup_reload(void **state)
               20);
 
     /* a recipe whose new image is not signed: refused, the station runs on */
-    write_file(fx, "station.ini", STATION_INI);
-    assert_int_equal(sh("cp '%s/images/system.img' '%s/images/system2.img'", fx->dir, fx->dir), 0);
+    th_spit_in(fx->dir, "station.ini", STATION_INI);
+    assert_int_equal(th_sh("cp '%s/images/system.img' '%s/images/system2.img'", fx->dir, fx->dir),
+                     0);
     write_recipe(fx, "2.0", "system2.img");
     kill(pid, SIGHUP);
     await_out(fx,
@@ -448,25 +351,26 @@ static void test_sighup_reload(void **state)
     expect_rc(fx, rc, 0);
 
     /* the reloads happened while the first two sessions ran */
-    char *out = slurp(fx->out);
+    char *out = th_slurp_or_empty(fx->out, NULL);
     char *reloaded = strstr(out, "config reloaded: 1 profiles");
     char *first_pass = strstr(out, " PASS ");
     assert_non_null(reloaded);
     assert_non_null(first_pass);
     assert_true(reloaded < first_pass);
     free(out);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 4);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 4);
     /* running across the reload: the old version, to the end */
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE id <= 2 AND "
-                                "recipe_version = '1.0' AND bytes = 3407872"),
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE id <= 2 AND "
+                                       "recipe_version = '1.0' AND bytes = 3407872"),
                      2);
     /* started after it: the new one */
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE id > 2 AND "
-                                "recipe_version = '2.0'"),
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE id > 2 AND "
+                                       "recipe_version = '2.0'"),
                      2);
-    assert_true(db_int(fx, "SELECT (SELECT min(started_ms) FROM sessions WHERE recipe_version "
-                           "= '2.0') >= (SELECT min(ended_ms) FROM sessions WHERE "
-                           "recipe_version = '1.0')"));
+    assert_true(th_db_int(fx->db,
+                          "SELECT (SELECT min(started_ms) FROM sessions WHERE recipe_version "
+                          "= '2.0') >= (SELECT min(ended_ms) FROM sessions WHERE "
+                          "recipe_version = '1.0')"));
 }
 
 int main(void)

@@ -27,7 +27,8 @@
 
 #include <cmocka.h>
 #include <sqlite3.h>
-#include <xxhash.h>
+
+#include "helpers.h"
 
 #define ALARM_S 120
 /* the demo recipe (--usb without -c): boot 1 MiB + system 4 MiB */
@@ -44,13 +45,11 @@ static int setup(void **state)
     struct fx *fx = calloc(1, sizeof(*fx));
     assert_non_null(fx);
     alarm(ALARM_S);
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/usbstXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
-    snprintf(fx->err, sizeof(fx->err), "%s/err.txt", fx->dir);
-    snprintf(fx->stats, sizeof(fx->stats), "%s/stats.txt", fx->dir);
-    snprintf(fx->db, sizeof(fx->db), "%s/station.db", fx->dir);
+    th_tmpdir("usbst", fx->dir, sizeof(fx->dir));
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
+    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
+    th_path(fx->stats, sizeof(fx->stats), fx->dir, "stats.txt");
+    th_path(fx->db, sizeof(fx->db), fx->dir, "station.db");
     *state = fx;
     return 0;
 }
@@ -58,76 +57,18 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     alarm(0);
     return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (len)
-            *len = 0;
-        return calloc(1, 1);
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = '\0';
-    fclose(f);
-    if (len)
-        *len = got;
-    return buf;
-}
-
-static void spit(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-}
-
-static void write_file(struct fx *fx, const char *name, const char *text)
-{
-    char path[400];
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
-    spit(path, text, strlen(text));
 }
 
 /* `len` pseudo-random bytes written to dir/name; returns their XXH3-64. */
 static uint64_t random_file(struct fx *fx, const char *name, size_t len)
 {
     char path[400];
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
-    uint8_t *buf = malloc(len);
-    assert_non_null(buf);
-    uint64_t s = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid() ^ len;
-    for (size_t i = 0; i < len; i++) {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        buf[i] = (uint8_t)(s >> 24);
-    }
-    spit(path, buf, len);
-    uint64_t h = XXH3_64bits(buf, len);
-    free(buf);
-    return h;
+    th_path(path, sizeof(path), fx->dir, name);
+    return th_random_file(path, len);
 }
 
 /* Run usbsim with args (NULL-terminated); stdout and stderr go to the
@@ -137,56 +78,25 @@ static uint64_t random_file(struct fx *fx, const char *name, size_t len)
 static int usbsim(struct fx *fx, int limit_s, const char *const *args)
 {
     const char *argv[96];
-    int n = 0;
-    argv[n++] = USBSIM_BIN;
-    for (int i = 0; args[i] && n < 95; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    double t0 = now_s();
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setpgid(0, 0);
-        int o = open(fx->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(fx->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        if (chdir(fx->dir) != 0)
-            _exit(126);
-        execv(argv[0], (char **)argv);
-        _exit(127);
+    int rc;
+    th_argv(argv, 96, USBSIM_BIN, args);
+    if (!th_run_for(argv, fx->out, fx->err, fx->dir, limit_s, &rc, &fx->seconds)) {
+        th_show("stdout of the harness run", fx->out);
+        th_show("stderr", fx->err);
+        fputs("---\n", stderr);
+        fail_msg("usbsim did not exit within %d s", limit_s);
     }
-    setpgid(pid, pid);
-    int status;
-    for (int i = 0; i < limit_s * 200; i++) {
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fx->seconds = now_s() - t0;
-            if (WIFEXITED(status))
-                return WEXITSTATUS(status);
-            return 128 + WTERMSIG(status);
-        }
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(-pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    char *out = slurp(fx->out, NULL), *err = slurp(fx->err, NULL);
-    fprintf(stderr, "--- stdout of the harness run\n%s--- stderr\n%s---\n", out, err);
-    free(out);
-    free(err);
-    fail_msg("usbsim did not exit within %d s", limit_s);
-    return -1;
+    return rc;
 }
 
 #define RUN(fx, limit, ...) usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
 
 static void show(struct fx *fx)
 {
-    char *o = slurp(fx->out, NULL), *e = slurp(fx->err, NULL), *s = slurp(fx->stats, NULL);
-    fprintf(stderr, "--- stdout\n%s--- stderr\n%s--- stats\n%s---\n", o, e, s);
-    free(o);
-    free(e);
-    free(s);
+    th_show("stdout", fx->out);
+    th_show("stderr", fx->err);
+    th_show("stats", fx->stats);
+    fputs("---\n", stderr);
 }
 
 static void expect_rc(struct fx *fx, int rc, int want)
@@ -199,13 +109,10 @@ static void expect_rc(struct fx *fx, int rc, int want)
 
 static void expect_in(struct fx *fx, const char *file, const char *needle)
 {
-    char *text = slurp(file, NULL);
-    if (!strstr(text, needle)) {
+    if (!th_file_has(file, needle)) {
         show(fx);
-        free(text);
         fail_msg("expected \"%s\" in %s", needle, file);
     }
-    free(text);
 }
 
 /* The first line of `file` that contains `a` (and `b`, if given), copied
@@ -213,7 +120,7 @@ static void expect_in(struct fx *fx, const char *file, const char *needle)
 static const char *line_with(struct fx *fx, const char *file, const char *a, const char *b,
                              char *buf, size_t cap)
 {
-    char *text = slurp(file, NULL);
+    char *text = th_slurp_or_empty(file, NULL);
     for (char *line = text; *line;) {
         size_t n = strcspn(line, "\n");
         char save = line[n];
@@ -240,20 +147,10 @@ static const char *line_with(struct fx *fx, const char *file, const char *a, con
 /* The stats line of the unit on `path` (the first one plugged there). */
 static const char *stats_line(struct fx *fx, const char *path, char *buf, size_t cap)
 {
-    char *text = slurp(fx->stats, NULL);
-    char key[80];
-    snprintf(key, sizeof(key), "%s serial=", path);
-    const char *p = text;
-    while ((p = strstr(p, key)) && p != text && p[-1] != '\n')
-        p++;
-    if (!p) {
+    if (!th_stats_line(fx->stats, path, buf, cap)) {
         show(fx);
-        free(text);
         fail_msg("no stats line for %s", path);
     }
-    size_t n = strcspn(p, "\n");
-    snprintf(buf, cap, "%.*s", (int)n, p);
-    free(text);
     return buf;
 }
 
@@ -284,28 +181,6 @@ static void stat_value(struct fx *fx, const char *path, const char *key, char *b
 
 /* ---- the database ---------------------------------------------------- */
 
-static sqlite3 *db_open(struct fx *fx)
-{
-    sqlite3 *c = NULL;
-    if (sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        show(fx);
-        fail_msg("cannot open %s", fx->db);
-    }
-    return c;
-}
-
-static long long db_int(struct fx *fx, const char *sql)
-{
-    sqlite3 *c = db_open(fx);
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(c);
-    return v;
-}
-
 struct session_row {
     long long id;
     char slot[80], usb_serial[80], serial[80], result[16], failed_step[80], reason[512];
@@ -321,7 +196,7 @@ static void col(sqlite3_stmt *st, int i, char *buf, size_t cap)
 /* The only session recorded for port `port`. */
 static void db_session(struct fx *fx, const char *port, struct session_row *r)
 {
-    sqlite3 *c = db_open(fx);
+    sqlite3 *c = th_db_open(fx->db, false);
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(c,
                                         "SELECT id, slot, usb_serial, serial, result, failed_step, "
@@ -386,9 +261,9 @@ static void test_eight_devices_on_hub_paths_pass(void **state)
             "--fastboot", "2-3.1", "--fastboot", "2-3.2:serial=ZULU32", "--fastboot", "3-1", "--",
             STATION_BIN, "run", "--usb", "--exit-after", "8", "--db", fx->db, "--headless");
     expect_rc(fx, rc, 0);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions"), 8);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 8);
-    assert_int_equal(db_int(fx, "SELECT count(DISTINCT port) FROM sessions"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(DISTINCT port) FROM sessions"), 8);
     for (int i = 0; i < 8; i++) {
         const char *path = eight[i];
         struct session_row r;
@@ -420,8 +295,8 @@ static void test_eight_devices_on_hub_paths_pass(void **state)
 
 static void expect_one_disconnect(struct fx *fx, const char *gone)
 {
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions"), 8);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 7);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 7);
     for (int i = 0; i < 8; i++)
         if (strcmp(eight[i], gone) != 0)
             expect_session(fx, eight[i], "PASS", NULL);
@@ -478,10 +353,10 @@ static void test_reboot_bootloader_continues_the_session(void **state)
     struct fx *fx = *state;
     uint64_t h = random_file(fx, "boot.img", 300001);
     random_file(fx, "vendor.img", 70000); /* declared, not flashed */
-    write_file(fx, "station.ini",
+    th_spit_in(fx->dir, "station.ini",
                "[station]\nid = usb-station-test\nui = headless\n\n"
                "[profile phone]\nmatch = class FF/42/03\nrecipe = t.recipe\ntimeout = 3s\n");
-    write_file(fx, "t.recipe",
+    th_spit_in(fx->dir, "t.recipe",
                "recipe t 1\n"
                "image boot boot.img\n"
                "image vendor vendor.img\n"
@@ -493,15 +368,15 @@ static void test_reboot_bootloader_continues_the_session(void **state)
                  STATION_BIN, "run", "-c", "station.ini", "--exit-after", "1", "--db", fx->db);
     expect_rc(fx, rc, 0);
     /* one session, the same one before and after the re-enumeration */
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions"), 1);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 1);
     expect_session(fx, "1-1.4.2", "PASS", NULL);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM steps"), 4);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM steps WHERE result = 'PASS'"), 4);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM steps WHERE seq = 1 AND "
-                                "name = 'reboot-bootloader' AND detail LIKE 'back after %'"),
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM steps"), 4);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM steps WHERE result = 'PASS'"), 4);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM steps WHERE seq = 1 AND "
+                                       "name = 'reboot-bootloader' AND detail LIKE 'back after %'"),
                      1);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM steps WHERE seq = 2 AND "
-                                "name = 'flash:boot' AND bytes = 300001"),
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM steps WHERE seq = 2 AND "
+                                       "name = 'flash:boot' AND bytes = 300001"),
                      1);
     /* the device saw two enumerations, and boot arrived byte for byte */
     expect_stat(fx, "1-1.4.2", " enumerations=2 ");
@@ -532,7 +407,7 @@ static void test_plugged_devices_start_quickly(void **state)
                  "2-2.4.1@1700", "--plug", "3-1@1850", "--plug", "3-2@2000", "--", STATION_BIN,
                  "run", "--usb", "--exit-after", "7", "--db", fx->db, "--headless");
     expect_rc(fx, rc, 0);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 7);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 7);
     double ms[6], max = 0;
     printf("usb_station: arrival to first command:");
     for (int i = 0; i < 6; i++) {
@@ -560,8 +435,8 @@ static void test_plugged_devices_start_quickly(void **state)
 static void test_ports_lists_paths_and_slots(void **state)
 {
     struct fx *fx = *state;
-    write_file(fx, "t.recipe", "recipe t 1\ngetvar product\n");
-    write_file(fx, "station.ini",
+    th_spit_in(fx->dir, "t.recipe", "recipe t 1\ngetvar product\n");
+    th_spit_in(fx->dir, "station.ini",
                "[station]\nid = usb-station-test\n\n"
                "[slot front-left]\npath = 1-1\n\n"
                "[slot hub-two]\npath = 1-1.4.2\npath = 2-1.4.2\n\n"
@@ -576,7 +451,7 @@ static void test_ports_lists_paths_and_slots(void **state)
     for (int i = 0; i < 2; i++) {
         char line[512];
         bool found = false;
-        char *text = slurp(fx->out, NULL);
+        char *text = th_slurp_or_empty(fx->out, NULL);
         for (char *p = text; *p;) {
             size_t n = strcspn(p, "\n");
             if (!strncmp(p, want[i][0], strlen(want[i][0]))) {
@@ -600,7 +475,7 @@ static void test_ports_lists_paths_and_slots(void **state)
     }
     expect_in(fx, fx->out, "SLOT");
     /* the hubs themselves are left out */
-    char *text = slurp(fx->out, NULL);
+    char *text = th_slurp_or_empty(fx->out, NULL);
     assert_null(strstr(text, "05e3:0608"));
     assert_null(strstr(text, "1d6b:0002"));
     free(text);
@@ -617,7 +492,7 @@ static void test_faulty_devices_get_their_own_errors(void **state)
                  "1-2:baddesc=1", "--fastboot", "1-3:stallctl=1", "--fastboot", "1-4:pace=1", "--",
                  STATION_BIN, "run", "--usb", "--exit-after", "1", "--db", fx->db, "--headless");
     expect_rc(fx, rc, 0);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions"), 1);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 1);
     expect_session(fx, "1-4", "PASS", NULL);
     char line[1024];
     /* a per-slot line that says what to do */

@@ -22,7 +22,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <xxhash.h>
+
+#include "helpers.h"
 
 #define ALARM_S 120
 #define MIB (1024 * 1024)
@@ -38,12 +39,10 @@ static int setup(void **state)
     struct fx *fx = calloc(1, sizeof(*fx));
     assert_non_null(fx);
     alarm(ALARM_S);
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/usbsimXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
-    snprintf(fx->err, sizeof(fx->err), "%s/err.txt", fx->dir);
-    snprintf(fx->stats, sizeof(fx->stats), "%s/stats.txt", fx->dir);
+    th_tmpdir("usbsim", fx->dir, sizeof(fx->dir));
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
+    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
+    th_path(fx->stats, sizeof(fx->stats), fx->dir, "stats.txt");
     *state = fx;
     return 0;
 }
@@ -51,38 +50,10 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     alarm(0);
     return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return calloc(1, 1);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = '\0';
-    fclose(f);
-    if (len)
-        *len = got;
-    return buf;
 }
 
 /* Run usbsim with argv (NULL-terminated, without argv[0]); stdout and
@@ -91,101 +62,30 @@ static char *slurp(const char *path, size_t *len)
 static int usbsim(struct fx *fx, int limit_s, const char *const *args)
 {
     const char *argv[64];
-    int n = 0;
-    argv[n++] = USBSIM_BIN;
-    for (int i = 0; args[i] && n < 63; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    double t0 = now_s();
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setpgid(0, 0);
-        int o = open(fx->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(fx->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(argv[0], (char **)argv);
-        _exit(127);
+    int rc;
+    th_argv(argv, 64, USBSIM_BIN, args);
+    if (!th_run_for(argv, fx->out, fx->err, NULL, limit_s, &rc, &fx->seconds)) {
+        th_show("stderr of the harness run", fx->err);
+        fail_msg("usbsim did not exit within %d s", limit_s);
     }
-    setpgid(pid, pid);
-    int status;
-    for (int i = 0; i < limit_s * 200; i++) {
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fx->seconds = now_s() - t0;
-            if (WIFEXITED(status))
-                return WEXITSTATUS(status);
-            return 128 + WTERMSIG(status);
-        }
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(-pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    char *err = slurp(fx->err, NULL);
-    fprintf(stderr, "stderr of the harness run:\n%s\n", err);
-    free(err);
-    fail_msg("usbsim did not exit within %d s", limit_s);
-    return -1;
+    return rc;
 }
 
 #define RUN(fx, limit, ...) usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
 
 static void show(struct fx *fx)
 {
-    char *o = slurp(fx->out, NULL), *e = slurp(fx->err, NULL);
-    fprintf(stderr, "--- stdout\n%s--- stderr\n%s---\n", o, e);
-    free(o);
-    free(e);
+    th_show("stdout", fx->out);
+    th_show("stderr", fx->err);
+    fputs("---\n", stderr);
 }
 
 static void expect_in(struct fx *fx, const char *file, const char *needle)
 {
-    char *text = slurp(file, NULL);
-    if (!strstr(text, needle)) {
+    if (!th_file_has(file, needle)) {
         show(fx);
-        free(text);
         fail_msg("expected \"%s\" in %s", needle, file);
     }
-    free(text);
-}
-
-static unsigned count(const char *file, const char *needle)
-{
-    char *text = slurp(file, NULL);
-    unsigned n = 0;
-    for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
-        n++;
-    free(text);
-    return n;
-}
-
-static bool have(const char *tool)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", tool);
-    return system(cmd) == 0;
-}
-
-/* A random file of `len` bytes; returns its XXH3-64. */
-static uint64_t random_file(const char *path, size_t len)
-{
-    uint8_t *buf = malloc(len);
-    assert_non_null(buf);
-    uint64_t s = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid();
-    for (size_t i = 0; i < len; i++) {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        buf[i] = (uint8_t)(s >> 24);
-    }
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, len, f), len);
-    fclose(f);
-    uint64_t h = XXH3_64bits(buf, len);
-    free(buf);
-    return h;
 }
 
 /* ---- lsusb -------------------------------------------------------- */
@@ -193,14 +93,14 @@ static uint64_t random_file(const char *path, size_t len)
 static void test_lsusb_lists_devices_and_hub_path(void **state)
 {
     struct fx *fx = *state;
-    if (!have("lsusb"))
+    if (!th_have("lsusb"))
         skip();
     int rc = RUN(fx, 30, "--fastboot", "1-1", "--fastboot", "1-1.4.2", "--", "sh", "-c",
                  "lsusb && echo ---tree && lsusb -t 2>/dev/null");
     if (rc != 0)
         show(fx);
     assert_int_equal(rc, 0);
-    assert_int_equal(count(fx->out, "ID 18d1:4ee0"), 2);
+    assert_int_equal(th_file_count(fx->out, "ID 18d1:4ee0"), 2);
     expect_in(fx, fx->out, "ID 05e3:0608"); /* the implied hub 1-1.4 */
     /* lsusb -t: 1-1 on port 1 of bus 1, hub 1-1.4 on its port 4, the
      * device 1-1.4.2 on port 2 of that hub */
@@ -214,7 +114,7 @@ static void test_lsusb_lists_devices_and_hub_path(void **state)
 static void test_fastboot_devices_and_getvar(void **state)
 {
     struct fx *fx = *state;
-    if (!have("fastboot"))
+    if (!th_have("fastboot"))
         skip();
     int rc = RUN(fx, 30, "--fastboot", "1-1:serial=ABC123", "--fastboot", "1-1.4.2", "--",
                  "fastboot", "devices");
@@ -231,13 +131,13 @@ static void test_fastboot_devices_and_getvar(void **state)
 static void test_fastboot_flash_and_stage_bytes_arrive(void **state)
 {
     struct fx *fx = *state;
-    if (!have("fastboot"))
+    if (!th_have("fastboot"))
         skip();
     char img[300], line[400], dump[400];
     snprintf(img, sizeof(img), "%s/small.img", fx->dir);
     /* 1-4 MiB, not a multiple of the 512-byte packet */
     size_t len = (size_t)(1 + (unsigned)getpid() % 3) * MIB + 4097;
-    uint64_t h = random_file(img, len);
+    uint64_t h = th_random_file(img, len);
     char script[800];
     snprintf(script, sizeof(script), "fastboot flash boot '%s' && fastboot stage '%s'", img, img);
     int rc = RUN(fx, 60, "--stats", fx->stats, "--fastboot", "1-1:serial=FLASH1,keep=1", "--", "sh",
@@ -253,7 +153,7 @@ static void test_fastboot_flash_and_stage_bytes_arrive(void **state)
     /* keep=1: the partition's bytes, byte for byte */
     snprintf(dump, sizeof(dump), "%s.d/1-1/boot.img", fx->stats);
     size_t got_len, want_len;
-    char *got = slurp(dump, &got_len), *want = slurp(img, &want_len);
+    char *got = th_slurp_or_empty(dump, &got_len), *want = th_slurp_or_empty(img, &want_len);
     assert_int_equal(got_len, want_len);
     assert_memory_equal(got, want, want_len);
     free(got);
@@ -263,11 +163,11 @@ static void test_fastboot_flash_and_stage_bytes_arrive(void **state)
 static void test_fastboot_fails_when_unplugged_while_waiting(void **state)
 {
     struct fx *fx = *state;
-    if (!have("fastboot"))
+    if (!th_have("fastboot"))
         skip();
     char img[300];
     snprintf(img, sizeof(img), "%s/small.img", fx->dir);
-    random_file(img, MIB);
+    th_random_file(img, MIB);
     /* The device never answers flash:; the unplug must end the wait. */
     int rc = RUN(fx, 20, "--fastboot", "1-1:silent=flash", "--unplug", "1-1@1000", "--", "fastboot",
                  "flash", "boot", img);
@@ -291,7 +191,7 @@ static void test_fastboot_fails_when_unplugged_while_waiting(void **state)
 static void test_fastboot_reboot_bootloader_and_reboot(void **state)
 {
     struct fx *fx = *state;
-    if (!have("fastboot"))
+    if (!th_have("fastboot"))
         skip();
     /* reboot-bootloader: the node goes away (fastboot waits for that) and
      * comes back with the other PID; "reboot" leaves for good. */
@@ -303,7 +203,7 @@ static void test_fastboot_reboot_bootloader_and_reboot(void **state)
     assert_int_equal(rc, 0);
     expect_in(fx, fx->out, "ID 18d1:4ee1");
     expect_in(fx, fx->err, "product: simphone");
-    char *out = slurp(fx->out, NULL);
+    char *out = th_slurp_or_empty(fx->out, NULL);
     assert_non_null(strstr(out, "devices:\n"));
     assert_string_equal(strstr(out, "devices:\n"), "devices:\n");
     free(out);
@@ -314,11 +214,11 @@ static void test_fastboot_reboot_bootloader_and_reboot(void **state)
 static void test_fastboot_flash_32mib_speed(void **state)
 {
     struct fx *fx = *state;
-    if (!have("fastboot"))
+    if (!th_have("fastboot"))
         skip();
     char img[300], line[400];
     snprintf(img, sizeof(img), "%s/big.img", fx->dir);
-    uint64_t h = random_file(img, 32 * MIB);
+    uint64_t h = th_random_file(img, 32 * MIB);
     int rc = RUN(fx, 120, "--stats", fx->stats, "--fastboot", "1-1", "--", "fastboot", "flash",
                  "boot", img);
     if (rc != 0)
@@ -327,7 +227,7 @@ static void test_fastboot_flash_32mib_speed(void **state)
     snprintf(line, sizeof(line), "part:boot=%d:%016" PRIx64, 32 * MIB, h);
     expect_in(fx, fx->stats, line);
     /* "Sending 'boot' (32768 KB)   OKAY [  0.123s]" */
-    char *err = slurp(fx->err, NULL);
+    char *err = th_slurp_or_empty(fx->err, NULL);
     const char *p = strstr(err, "Sending 'boot'");
     double send_s = 0;
     if (p && (p = strstr(p, "OKAY [")))
@@ -365,14 +265,14 @@ static void test_probe_async_downloads_on_four_devices(void **state)
     if (rc != 0)
         show(fx);
     assert_int_equal(rc, 0);
-    assert_int_equal(count(fx->out, "download "), 4);
+    assert_int_equal(th_file_count(fx->out, "download "), 4);
     /* The probe's data is deterministic: one hash for all four. */
-    char *out = slurp(fx->out, NULL);
+    char *out = th_slurp_or_empty(fx->out, NULL);
     const char *h = strstr(out, "hash=");
     assert_non_null(h);
     char want[64];
     snprintf(want, sizeof(want), "part:probe=%d:%.16s", 16 * MIB, h + 5);
-    assert_int_equal(count(fx->stats, want), 4);
+    assert_int_equal(th_file_count(fx->stats, want), 4);
     for (const char *p = out; (p = strstr(p, "mbps=")); p++)
         printf("usbsim: libusb async 1 MiB x3 in flight: %.1f MB/s\n", strtod(p + 5, NULL));
     free(out);
@@ -385,7 +285,7 @@ static void test_probe_cancel_then_clean_reply(void **state)
     if (rc != 0)
         show(fx);
     assert_int_equal(rc, 0);
-    assert_int_equal(count(fx->out, "cancelled "), 2);
+    assert_int_equal(th_file_count(fx->out, "cancelled "), 2);
     expect_in(fx, fx->out, "reply 1-1 SIM1_1 OKAYsimphone");
     expect_in(fx, fx->out, "reply 1-2 SIM1_2 OKAYsimphone");
 }

@@ -27,7 +27,8 @@
 
 #include <cmocka.h>
 #include <sqlite3.h>
-#include <xxhash.h>
+
+#include "helpers.h"
 
 #define ALARM_S 120
 
@@ -42,13 +43,11 @@ static int setup(void **state)
     struct fx *fx = calloc(1, sizeof(*fx));
     assert_non_null(fx);
     alarm(ALARM_S);
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/usbdfuXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->out, sizeof(fx->out), "%s/out.txt", fx->dir);
-    snprintf(fx->err, sizeof(fx->err), "%s/err.txt", fx->dir);
-    snprintf(fx->stats, sizeof(fx->stats), "%s/stats.txt", fx->dir);
-    snprintf(fx->db, sizeof(fx->db), "%s/station.db", fx->dir);
+    th_tmpdir("usbdfu", fx->dir, sizeof(fx->dir));
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
+    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
+    th_path(fx->stats, sizeof(fx->stats), fx->dir, "stats.txt");
+    th_path(fx->db, sizeof(fx->db), fx->dir, "station.db");
     *state = fx;
     return 0;
 }
@@ -56,49 +55,10 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+    th_rmtree(fx->dir);
     free(fx);
     alarm(0);
     return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (len)
-            *len = 0;
-        return calloc(1, 1);
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = '\0';
-    fclose(f);
-    if (len)
-        *len = got;
-    return buf;
-}
-
-static void spit(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_true(fputs(text, f) >= 0);
-    assert_int_equal(fclose(f), 0);
 }
 
 /* Run usbsim with args (NULL-terminated); stdout and stderr go to the
@@ -108,86 +68,41 @@ static void spit(const char *path, const char *text)
 static int usbsim(struct fx *fx, int limit_s, const char *const *args)
 {
     const char *argv[96];
-    int n = 0;
-    argv[n++] = USBSIM_BIN;
-    for (int i = 0; args[i] && n < 95; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    double t0 = now_s();
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setpgid(0, 0);
-        int o = open(fx->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(fx->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        if (chdir(fx->dir) != 0)
-            _exit(126);
-        execv(argv[0], (char **)argv);
-        _exit(127);
+    int rc;
+    th_argv(argv, 96, USBSIM_BIN, args);
+    if (!th_run_for(argv, fx->out, fx->err, fx->dir, limit_s, &rc, &fx->seconds)) {
+        th_show("stderr of the harness run", fx->err);
+        fail_msg("usbsim did not exit within %d s", limit_s);
     }
-    setpgid(pid, pid);
-    int status;
-    for (int i = 0; i < limit_s * 200; i++) {
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fx->seconds = now_s() - t0;
-            if (WIFEXITED(status))
-                return WEXITSTATUS(status);
-            return 128 + WTERMSIG(status);
-        }
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(-pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    char *err = slurp(fx->err, NULL);
-    fprintf(stderr, "stderr of the harness run:\n%s\n", err);
-    free(err);
-    fail_msg("usbsim did not exit within %d s", limit_s);
-    return -1;
+    return rc;
 }
 
 #define RUN(fx, limit, ...) usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
 
 static void show(struct fx *fx)
 {
-    char *o = slurp(fx->out, NULL), *e = slurp(fx->err, NULL);
-    fprintf(stderr, "--- stdout\n%s--- stderr\n%s---\n", o, e);
-    free(o);
-    free(e);
+    th_show("stdout", fx->out);
+    th_show("stderr", fx->err);
+    fputs("---\n", stderr);
 }
 
 static void expect_in(struct fx *fx, const char *file, const char *needle)
 {
-    char *text = slurp(file, NULL);
-    if (!strstr(text, needle)) {
+    if (!th_file_has(file, needle)) {
         show(fx);
-        fprintf(stderr, "--- %s\n%s---\n", file, text);
-        free(text);
+        th_show(file, file);
         fail_msg("expected \"%s\" in %s", needle, file);
     }
-    free(text);
 }
 
 /* The stats line of the unit on `path` (first one), copied into buf. */
 static const char *stats_line(struct fx *fx, const char *path, char *buf, size_t cap)
 {
-    char *text = slurp(fx->stats, NULL);
-    char key[64];
-    snprintf(key, sizeof(key), "%s serial=", path);
-    const char *p = text;
-    while ((p = strstr(p, key)) && p != text && p[-1] != '\n')
-        p++;
-    if (!p) {
+    if (!th_stats_line(fx->stats, path, buf, cap)) {
         show(fx);
-        fprintf(stderr, "--- stats\n%s---\n", text);
-        free(text);
+        th_show("stats", fx->stats);
         fail_msg("no stats line for %s", path);
     }
-    size_t n = strcspn(p, "\n");
-    snprintf(buf, cap, "%.*s", (int)n, p);
-    free(text);
     return buf;
 }
 
@@ -201,63 +116,30 @@ static void expect_stat(struct fx *fx, const char *path, const char *needle)
     }
 }
 
-static bool have(const char *tool)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", tool);
-    return system(cmd) == 0;
-}
-
-static void sh(const char *fmt, ...)
-{
-    char cmd[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    if (system(cmd) != 0)
-        fail_msg("command failed: %s", cmd);
-}
-
 /* `len` random bytes written to dir/name; returns its XXH3-64. */
 static uint64_t random_file(struct fx *fx, const char *name, size_t len)
 {
     char path[400];
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
-    uint8_t *buf = malloc(len);
-    assert_non_null(buf);
-    uint64_t s = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid() ^ len;
-    for (size_t i = 0; i < len; i++) {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        buf[i] = (uint8_t)(s >> 24);
-    }
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(buf, 1, len, f), len);
-    fclose(f);
-    uint64_t h = XXH3_64bits(buf, len);
-    free(buf);
-    return h;
+    th_path(path, sizeof(path), fx->dir, name);
+    return th_random_file(path, len);
 }
 
 /* A copy of dir/bin with a DFU suffix for VID:PID (dfu-suffix -a). */
 static void suffixed(struct fx *fx, const char *bin, const char *dfu, const char *vid,
                      const char *pid)
 {
-    sh("cd '%s' && cp '%s' '%s' && dfu-suffix -a '%s' -v %s -p %s >/dev/null", fx->dir, bin, dfu,
-       dfu, vid, pid);
+    th_sh_ok("cd '%s' && cp '%s' '%s' && dfu-suffix -a '%s' -v %s -p %s >/dev/null", fx->dir, bin,
+             dfu, dfu, vid, pid);
 }
 
 /* The first `len` bytes of two files are equal, and `a` has exactly `len`. */
 static void expect_same_prefix(struct fx *fx, const char *a, const char *b, size_t len)
 {
     char pa[400], pb[400];
-    snprintf(pa, sizeof(pa), "%s/%s", fx->dir, a);
-    snprintf(pb, sizeof(pb), "%s/%s", fx->dir, b);
+    th_path(pa, sizeof(pa), fx->dir, a);
+    th_path(pb, sizeof(pb), fx->dir, b);
     size_t la, lb;
-    char *da = slurp(pa, &la), *db = slurp(pb, &lb);
+    char *da = th_slurp_or_empty(pa, &la), *db = th_slurp_or_empty(pb, &lb);
     assert_int_equal(la, len);
     assert_true(lb >= len);
     assert_memory_equal(da, db, len);
@@ -267,26 +149,12 @@ static void expect_same_prefix(struct fx *fx, const char *a, const char *b, size
 
 /* ---- the database --------------------------------------------------- */
 
-static long long db_int(struct fx *fx, const char *sql)
-{
-    sqlite3 *c;
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(c);
-    return v;
-}
-
 /* The session recorded for port `port`: result and reason. */
 static void db_session(struct fx *fx, const char *port, char *result, size_t rcap, char *reason,
                        size_t why_cap)
 {
-    sqlite3 *c;
+    sqlite3 *c = th_db_open(fx->db, false);
     sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(c,
                                         "SELECT result, coalesce(reason, '') FROM sessions "
                                         "WHERE port = ?1 ORDER BY id",
@@ -319,17 +187,9 @@ static void expect_session(struct fx *fx, const char *port, const char *result, 
 /* station.ini: a [station] section, then `body` (the profiles). */
 static void write_config(struct fx *fx, const char *ini, const char *body)
 {
-    char path[400], text[4096];
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, ini);
+    char text[4096];
     snprintf(text, sizeof(text), "[station]\nid = usbsim-dfu\nui = headless\n\n%s", body);
-    spit(path, text);
-}
-
-static void write_file(struct fx *fx, const char *name, const char *text)
-{
-    char path[400];
-    snprintf(path, sizeof(path), "%s/%s", fx->dir, name);
-    spit(path, text);
+    th_spit_in(fx->dir, ini, text);
 }
 
 /* ---- dfu-util against the harness ------------------------------------ */
@@ -337,7 +197,7 @@ static void write_file(struct fx *fx, const char *name, const char *text)
 static void test_dfu_util_lists_devices_and_alt_settings(void **state)
 {
     struct fx *fx = *state;
-    if (!have("dfu-util"))
+    if (!th_have("dfu-util"))
         skip();
     int rc =
         RUN(fx, 30, "--dfu", "1-1:alt=Flash#65536,alt=Option bytes#16", "--dfu",
@@ -360,7 +220,7 @@ static void test_dfu_util_lists_devices_and_alt_settings(void **state)
 static void test_dfu_util_download_then_upload_same_bytes(void **state)
 {
     struct fx *fx = *state;
-    if (!have("dfu-util") || !have("dfu-suffix"))
+    if (!th_have("dfu-util") || !th_have("dfu-suffix"))
         skip();
     /* not a multiple of the 512-byte transfer size */
     const size_t len = 100000 + (size_t)getpid() % 512;
@@ -393,7 +253,7 @@ static void test_dfu_util_download_then_upload_same_bytes(void **state)
 static void test_dfu_util_detaches_a_runtime_device_and_downloads(void **state)
 {
     struct fx *fx = *state;
-    if (!have("dfu-util") || !have("dfu-suffix"))
+    if (!th_have("dfu-util") || !th_have("dfu-suffix"))
         skip();
     const size_t len = 30000;
     char want[128];
@@ -418,7 +278,7 @@ static void test_dfu_util_detaches_a_runtime_device_and_downloads(void **state)
 static void test_dfu_util_dfuse_download_and_leave(void **state)
 {
     struct fx *fx = *state;
-    if (!have("dfu-util"))
+    if (!th_have("dfu-util"))
         skip();
     const size_t len = 70000; /* five 16 KiB pages */
     random_file(fx, "fw.bin", len);
@@ -442,7 +302,7 @@ static void test_dfu_util_dfuse_download_and_leave(void **state)
 static void test_dfu_util_sees_the_write_fault(void **state)
 {
     struct fx *fx = *state;
-    if (!have("dfu-util") || !have("dfu-suffix"))
+    if (!th_have("dfu-util") || !th_have("dfu-suffix"))
         skip();
     random_file(fx, "fw.bin", 20000);
     suffixed(fx, "fw.bin", "fw.dfu", "0483", "df11");
@@ -474,13 +334,13 @@ static const char board_recipe[] = "recipe usbsim-board 1.0\n"
 static void test_station_flashes_eight_dfu_devices(void **state)
 {
     struct fx *fx = *state;
-    if (!have("dfu-suffix"))
+    if (!th_have("dfu-suffix"))
         skip();
     const size_t len = 50000;
     uint64_t h = random_file(fx, "fw.bin", len);
     suffixed(fx, "fw.bin", "fw.dfu", "0483", "df11");
     write_config(fx, "station.ini", board_ini);
-    write_file(fx, "board.recipe", board_recipe);
+    th_spit_in(fx->dir, "board.recipe", board_recipe);
     /* 8 devices, some behind hubs; 4 start in run-time mode and need the
      * detach (DETACH, then a USB reset, then they come back on their
      * path as 0483:df11) */
@@ -494,8 +354,8 @@ static void test_station_flashes_eight_dfu_devices(void **state)
     if (rc != 0)
         show(fx);
     assert_int_equal(rc, 0);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 8);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 8);
     char want[128];
     snprintf(want, sizeof(want), "alt0=%zu:%016" PRIx64, len, h);
     for (int i = 0; i < 8; i++) {
@@ -517,7 +377,7 @@ static void test_station_flashes_eight_dfu_devices(void **state)
 static void test_station_dfu_faults_fail_only_their_slot(void **state)
 {
     struct fx *fx = *state;
-    if (!have("dfu-suffix"))
+    if (!th_have("dfu-suffix"))
         skip();
     random_file(fx, "fw.bin", 50000); /* 49 blocks of 1024 */
     suffixed(fx, "fw.bin", "fw.dfu", "0483", "df11");
@@ -525,7 +385,7 @@ static void test_station_dfu_faults_fail_only_their_slot(void **state)
     snprintf(ini, sizeof(ini), "%.*stimeout = 1s\n",
              (int)(strstr(board_ini, "timeout") - board_ini), board_ini);
     write_config(fx, "station.ini", ini);
-    write_file(fx, "board.recipe", board_recipe);
+    th_spit_in(fx->dir, "board.recipe", board_recipe);
     int rc = RUN(fx, 90, "--dfu", "1-1:errwrite=37", "--dfu", "1-2:runtime=1,corrupt=4096", "--dfu",
                  "1-3:stall=dnload@5", "--dfu", "1-4:disconnect=manifest", "--dfu", "1-5:stuck=10",
                  "--dfu", "1-6:silent=getstatus@3", "--dfu", "1-7", "--dfu", "1-8:runtime=1", "--",
@@ -541,19 +401,20 @@ static void test_station_dfu_faults_fail_only_their_slot(void **state)
     expect_session(fx, "1-6", "FAIL", "download alt 0 block 1: no answer to GETSTATUS");
     expect_session(fx, "1-7", "PASS", NULL);
     expect_session(fx, "1-8", "PASS", NULL);
-    assert_int_equal(db_int(fx, "SELECT count(*) FROM sessions"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 8);
 }
 
 static void test_station_dfuse_file_on_runtime_and_dfu_mode_devices(void **state)
 {
     struct fx *fx = *state;
-    if (!have("dfuse-pack") || !have("dfu-suffix"))
+    if (!th_have("dfuse-pack") || !th_have("dfu-suffix"))
         skip();
     const size_t len = 100000;
     random_file(fx, "se.bin", len);
     random_file(fx, "fw.bin", 20000);
     suffixed(fx, "fw.bin", "fw.dfu", "0483", "df11");
-    sh("cd '%s' && dfuse-pack -b 0x08000000:se.bin -D 0x0483:0xdf12 se.dfu >/dev/null", fx->dir);
+    th_sh_ok("cd '%s' && dfuse-pack -b 0x08000000:se.bin -D 0x0483:0xdf12 se.dfu >/dev/null",
+             fx->dir);
     /* The STM32 profile by VID:PID (run-time and DFU-mode PIDs) first;
      * other DFU interfaces get the plain board recipe. */
     char ini[1200];
@@ -562,8 +423,8 @@ static void test_station_dfuse_file_on_runtime_and_dfu_mode_devices(void **state
              "recipe = stm32.recipe\ntimeout = 2s\n\n%s",
              board_ini);
     write_config(fx, "station.ini", ini);
-    write_file(fx, "board.recipe", board_recipe);
-    write_file(fx, "stm32.recipe",
+    th_spit_in(fx->dir, "board.recipe", board_recipe);
+    th_spit_in(fx->dir, "stm32.recipe",
                "recipe usbsim-stm32 1.0\nprotocol dfu\n"
                "image firmware se.dfu\ndetach\n"
                "dfu-download 0 firmware\n"
@@ -598,7 +459,7 @@ static void test_harness_dfu_options(void **state)
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1", "--fastboot", "1-1", "--", "true"), 125);
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1:transfer=0", "--", "true"), 125);
     /* ';' in an alt name stands for ',' (options are split at commas) */
-    if (have("dfu-util")) {
+    if (th_have("dfu-util")) {
         int rc = RUN(fx, 20, "--dfu", "1-1:dfuse=1,alt=@Flash /0x08000000/02*016Kg;01*064Kg", "--",
                      "dfu-util", "-l");
         assert_int_equal(rc, 0);

@@ -49,6 +49,7 @@
 #include "station/publish.h"
 #include "ui/model.h"
 #include "ui/remote.h"
+#include "helpers.h"
 
 #define T0 1795000000000LL
 
@@ -66,40 +67,20 @@ static int setup(void **state)
 {
     static unsigned counter;
     struct fx *fx = calloc(1, sizeof(*fx));
-    mkdir(TEST_TMPDIR, 0755);
-    snprintf(fx->dir, sizeof(fx->dir), "%s/watchXXXXXX", TEST_TMPDIR);
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->db, sizeof(fx->db), "%s/t.db", fx->dir);
-    snprintf(fx->sock, sizeof(fx->sock), "%s/t.db.sock", fx->dir);
+    th_tmpdir("watch", fx->dir, sizeof(fx->dir));
+    th_path(fx->db, sizeof(fx->db), fx->dir, "t.db");
+    th_path(fx->sock, sizeof(fx->sock), fx->dir, "t.db.sock");
     snprintf(fx->tmux_sock, sizeof(fx->tmux_sock), "stwatch%d_%u", (int)getpid(), counter++);
     *state = fx;
     return 0;
 }
 
-static int run_argv(char *const argv[], int limit_s);
-
-static int tmux(struct fx *fx, ...)
-{
-    char *argv[32] = {"tmux", "-L", fx->tmux_sock, "-f", "/dev/null"};
-    int n = 5;
-    va_list ap;
-    va_start(ap, fx);
-    for (char *a; n < 31 && (a = va_arg(ap, char *));)
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    return run_argv(argv, 20);
-}
-
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    char cmd[400];
     if (fx->started)
-        tmux(fx, "kill-server", NULL);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", fx->dir);
+        th_tmux(fx->tmux_sock, "kill-server", NULL);
+    th_rmtree(fx->dir);
     free(fx);
     return 0;
 }
@@ -107,40 +88,7 @@ static int teardown(void **state)
 /* Run argv with stdio on /dev/null; at most limit_s; the exit status. */
 static int run_argv(char *const argv[], int limit_s)
 {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int n = open("/dev/null", O_RDWR);
-        dup2(n, 0);
-        dup2(n, 1);
-        dup2(n, 2);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    for (int i = 0; i < limit_s * 100; i++) {
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("%s did not exit within %d s", argv[0], limit_s);
-    return -1;
-}
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    return th_run((const char *const *)argv, NULL, NULL, NULL, limit_s);
 }
 
 /* ---- a model with something of everything ---- */
@@ -372,7 +320,7 @@ static void on_change(uv_timer_t *t)
 static void on_gap(uv_timer_t *t)
 {
     struct pub_fx *p = t->data;
-    int64_t now = mono_ms();
+    int64_t now = th_now_ms();
     if (p->last_gap_ms && now - p->last_gap_ms > p->max_gap_ms)
         p->max_gap_ms = now - p->last_gap_ms;
     p->last_gap_ms = now;
@@ -472,7 +420,7 @@ struct client {
 static unsigned pump(struct pub_fx *p, struct client *c, struct ui_model *m, int ms)
 {
     unsigned frames = 0;
-    for (int64_t until = mono_ms() + ms; mono_ms() < until;) {
+    for (int64_t until = th_now_ms() + ms; th_now_ms() < until;) {
         uv_run(&p->loop, UV_RUN_NOWAIT);
         if (c->cap - c->len < 65536) {
             c->cap = c->len + 65536;
@@ -493,7 +441,7 @@ static unsigned pump(struct pub_fx *p, struct client *c, struct ui_model *m, int
         memmove(c->buf, c->buf + off, c->len - off);
         c->len -= off;
         if (n <= 0)
-            sleep_ms(1);
+            th_sleep_ms(1);
     }
     return frames;
 }
@@ -510,13 +458,13 @@ static void test_publisher_stalled_watcher(void **state)
     /* run in slices; the good watcher reads between them */
     long got = 0;
     uv_timer_start(&p.stop, on_stop, 2000, 0);
-    int64_t until = mono_ms() + 5000;
-    while (!p.closed && mono_ms() < until) {
+    int64_t until = th_now_ms() + 5000;
+    while (!p.closed && th_now_ms() < until) {
         uv_run(&p.loop, UV_RUN_NOWAIT);
         long n = drain(good);
         if (n > 0)
             got += n;
-        sleep_ms(1);
+        th_sleep_ms(1);
     }
     uv_run(&p.loop, UV_RUN_DEFAULT);
     assert_true(p.closed);
@@ -663,64 +611,22 @@ static void test_publisher_socket_path(void **state)
 /* A detached session `name` of 120x40 running `cmd`. */
 static void session(struct fx *fx, const char *name, const char *cmd)
 {
-    if (system("command -v tmux >/dev/null 2>&1") != 0)
+    if (!th_have("tmux"))
         fail_msg("tmux is not installed (scripts/setup.sh installs it)");
     fx->started = true;
-    assert_int_equal(tmux(fx, "new-session", "-d", "-x", "120", "-y", "40", "-s", name, cmd, NULL),
-                     0);
+    assert_int_equal(
+        th_tmux(fx->tmux_sock, "new-session", "-d", "-x", "120", "-y", "40", "-s", name, cmd, NULL),
+        0);
 }
 
 static char *capture(struct fx *fx, const char *name)
 {
-    char cmd[200];
-    snprintf(cmd, sizeof(cmd), "tmux -L %s -f /dev/null capture-pane -p -t %s 2>/dev/null",
-             fx->tmux_sock, name);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, len = 0, n;
-    char *buf = malloc(cap);
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (len + 1 == cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    pclose(p);
-    return buf;
+    return th_tmux_capture(fx->tmux_sock, name, false);
 }
 
 static void keys(struct fx *fx, const char *name, const char *k)
 {
-    assert_int_equal(tmux(fx, "send-keys", "-t", name, k, NULL), 0);
-}
-
-static bool screen_line(const char *s, int n, char *buf, size_t size)
-{
-    for (int i = 0; i < n; i++) {
-        s = strchr(s, '\n');
-        if (!s)
-            return false;
-        s++;
-    }
-    size_t len = strcspn(s, "\n");
-    snprintf(buf, size, "%.*s", (int)len, s);
-    return true;
-}
-
-struct counts {
-    unsigned passed, failed, aborted, in_progress;
-};
-
-static bool header_counts(const char *s, struct counts *c)
-{
-    char line[1024];
-    if (!screen_line(s, 1, line, sizeof(line)))
-        return false;
-    const char *p = strstr(line, "passed ");
-    if (!p || sscanf(p, "passed %u failed %u aborted %u", &c->passed, &c->failed, &c->aborted) != 3)
-        return false;
-    p = strstr(line, "in progress ");
-    return p && sscanf(p, "in progress %u", &c->in_progress) == 1;
+    th_tmux_keys(fx->tmux_sock, name, k);
 }
 
 typedef bool (*screen_pred)(const char *screen, const void *arg);
@@ -728,16 +634,16 @@ typedef bool (*screen_pred)(const char *screen, const void *arg);
 static char *wait_for(struct fx *fx, const char *name, int limit_ms, screen_pred ok,
                       const void *arg, const char *what)
 {
-    int64_t deadline = mono_ms() + limit_ms;
+    int64_t deadline = th_now_ms() + limit_ms;
     char *s = NULL;
     for (;;) {
         free(s);
         s = capture(fx, name);
         if (ok(s, arg))
             return s;
-        if (mono_ms() > deadline)
+        if (th_now_ms() > deadline)
             break;
-        sleep_ms(50);
+        th_sleep_ms(50);
     }
     fprintf(stderr, "---- %s while waiting for %s ----\n%s\n---- end of screen ----\n", name, what,
             s);
@@ -752,8 +658,8 @@ static bool has_text(const char *s, const void *arg)
 
 static bool all_passed(const char *s, const void *arg)
 {
-    struct counts c;
-    return header_counts(s, &c) && c.passed == *(const unsigned *)arg && c.in_progress == 0 &&
+    struct th_counts c;
+    return th_header_counts(s, &c) && c.passed == *(const unsigned *)arg && c.in_progress == 0 &&
            !strstr(s, "SAVING") && !strstr(s, "WORKING");
 }
 
@@ -761,7 +667,7 @@ static bool all_passed(const char *s, const void *arg)
 static bool progress_shown(const char *s, const void *arg)
 {
     char line[1024];
-    for (int n = 2; screen_line(s, n, line, sizeof(line)); n++) {
+    for (int n = 2; th_screen_line(s, n, line, sizeof(line)); n++) {
         for (char *p = line; (p = strchr(p, '%')); p++) {
             char *q = p;
             while (q > line && q[-1] >= '0' && q[-1] <= '9')
@@ -786,7 +692,7 @@ static void body(const char *s, char *out, size_t size)
 {
     char line[1024];
     out[0] = '\0';
-    for (int n = 1; n < 39 && screen_line(s, n, line, sizeof(line)); n++) {
+    for (int n = 1; n < 39 && th_screen_line(s, n, line, sizeof(line)); n++) {
         if (n == 1) {
             /* units/h depends on the second it was drawn: counters only */
             char *bar = strstr(line, "in progress");
@@ -806,15 +712,10 @@ static bool same_body_as(const char *s, const void *arg)
 
 static pid_t pane_pid(struct fx *fx, const char *name)
 {
-    char cmd[200], buf[32] = "";
-    snprintf(cmd, sizeof(cmd), "tmux -L %s -f /dev/null display -p -t %s '#{pane_pid}'",
-             fx->tmux_sock, name);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    if (!fgets(buf, sizeof(buf), p))
-        buf[0] = '\0';
-    pclose(p);
-    pid_t pid = (pid_t)atoi(buf);
+    char *out;
+    th_sh_out(&out, "tmux -L %s -f /dev/null display -p -t %s '#{pane_pid}'", fx->tmux_sock, name);
+    pid_t pid = (pid_t)atoi(out);
+    free(out);
     assert_true(pid > 0);
     return pid;
 }
@@ -824,7 +725,7 @@ static int read_rc(struct fx *fx, const char *file, int limit_ms)
     char path[400];
     int rc = -1;
     snprintf(path, sizeof(path), "%s/%s", fx->dir, file);
-    for (int64_t deadline = mono_ms() + limit_ms; mono_ms() < deadline; sleep_ms(50)) {
+    for (int64_t deadline = th_now_ms() + limit_ms; th_now_ms() < deadline; th_sleep_ms(50)) {
         FILE *f = fopen(path, "r");
         if (!f)
             continue;
@@ -835,21 +736,6 @@ static int read_rc(struct fx *fx, const char *file, int limit_ms)
     }
     fail_msg("%s did not appear", path);
     return -1;
-}
-
-static long long q_int(struct fx *fx, const char *sql)
-{
-    sqlite3 *c;
-    sqlite3_stmt *st;
-    long long v = -1;
-    assert_int_equal(sqlite3_open_v2(fx->db, &c, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_busy_timeout(c, 2000);
-    assert_int_equal(sqlite3_prepare_v2(c, sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(c);
-    return v;
 }
 
 static void watcher(struct fx *fx, const char *name, bool exec_it)
@@ -893,7 +779,7 @@ static void test_watchers_show_the_station(void **state)
     char *st = wait_for(fx, "st", 30000, all_passed, &eight, "eight PASS on the station");
     free(st);
     /* let every screen catch up (a watcher is at most a snapshot behind) */
-    sleep_ms(600);
+    th_sleep_ms(600);
     st = capture(fx, "st");
     assert_true(all_passed(st, &eight));
     assert_non_null(strstr(st, "RUNNING"));
@@ -902,12 +788,12 @@ static void test_watchers_show_the_station(void **state)
     /* the watchers show the same slot tiles, counters and events */
     free(wait_for(fx, "w1", 5000, same_body_as, expect, "w1 equal to the station's screen"));
     free(wait_for(fx, "w2", 5000, same_body_as, expect, "w2 equal to the station's screen"));
-    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 8);
 
     /* a watcher's p pauses nothing */
     keys(fx, "w1", "p");
     keys(fx, "w1", "P");
-    sleep_ms(800);
+    th_sleep_ms(800);
     st = capture(fx, "st");
     assert_non_null(strstr(st, "RUNNING"));
     assert_null(strstr(st, "PAUSED"));
@@ -927,7 +813,7 @@ static void test_watchers_show_the_station(void **state)
     /* q ends the watcher, exit 0, and only it */
     keys(fx, "w1", "q");
     assert_int_equal(read_rc(fx, "w1.rc", 10000), 0);
-    sleep_ms(500);
+    th_sleep_ms(500);
     st = capture(fx, "st");
     assert_non_null(strstr(st, "RUNNING"));
     assert_null(strstr(st, "STOPPING"));
@@ -944,7 +830,7 @@ static void test_watchers_show_the_station(void **state)
     free(wait_for(fx, "w2", 5000, has_text, "the station closed the connection",
                   "w2 told of the stop"));
     assert_int_equal(access(fx->sock, F_OK), -1);
-    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 8);
+    assert_int_equal(th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 8);
     keys(fx, "w2", "q");
     assert_int_equal(read_rc(fx, "w2.rc", 10000), 0);
 }
@@ -965,8 +851,7 @@ static void test_watch_without_station(void **state)
              STATION_BIN, fx->sock, fx->dir, fx->dir);
     session(fx, "nobody", cmd);
     assert_int_equal(read_rc(fx, "nobody.rc", 10000), 2);
-    snprintf(cmd, sizeof(cmd), "grep -q 'no station is running at' '%s/err'", fx->dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(th_sh("grep -q 'no station is running at' '%s/err'", fx->dir), 0);
     /* a run whose --socket cannot be made is a usage error */
     char *busy[] = {bin,
                     "run",
