@@ -16,6 +16,10 @@
 #include "engine/engine_internal.h"
 
 #define INFO_MAX 4096
+/* Room kept at the end of info[] for the "... N more lines" marker: a
+ * device that floods INFO lines gets its first lines and a count stored,
+ * never an unbounded record. */
+#define INFO_MARK_MAX 40
 #define PROGRESS_EVERY_MS 100
 
 enum session_phase {
@@ -52,7 +56,8 @@ struct eng_session {
     int64_t last_progress_ms;
     char info[INFO_MAX];
     size_t info_len;
-    uv_timer_t wait_timer; /* re-enumeration */
+    unsigned long info_dropped; /* INFO lines of this step beyond info[] */
+    uv_timer_t wait_timer;      /* re-enumeration */
     bool wait_timer_open;
     enum eng_result result;
     char failed_step[CFG_ARG_MAX + 16];
@@ -156,9 +161,13 @@ static void end_step(struct eng_session *s, enum eng_result result, const char *
     ev.text = text;
     ev.bytes_done = s->step_bytes;
     ev.bytes_total = s->step_bytes;
-    s->info[s->info_len] = '\0';
+    if (s->info_dropped)
+        snprintf(s->info + s->info_len, INFO_MAX - s->info_len, "... %lu more lines\n",
+                 s->info_dropped);
+    else
+        s->info[s->info_len] = '\0';
     /* INFO lines travel with the step's end so they land in its record. */
-    ev.info = s->info_len ? s->info : NULL;
+    ev.info = s->info_len || s->info_dropped ? s->info : NULL;
     eng__emit(s->eng, &ev);
 }
 
@@ -196,10 +205,12 @@ static void on_info(struct eng_fb *fb, const char *line, void *user_data)
     struct eng_session *s = user_data;
     struct eng_event ev;
     size_t n = strlen(line);
-    if (s->info_len + n + 2 < INFO_MAX) {
+    if (!s->info_dropped && s->info_len + n + 1 + INFO_MARK_MAX <= INFO_MAX) {
         memcpy(s->info + s->info_len, line, n);
         s->info_len += n;
         s->info[s->info_len++] = '\n';
+    } else {
+        s->info_dropped++;
     }
     fill_event(s, &ev, ENG_EV_INFO);
     ev.text = line;
@@ -609,6 +620,7 @@ static void begin_step(struct eng_session *s)
     s->step_started_ms = eng_now_ms();
     s->step_bytes = 0;
     s->info_len = 0;
+    s->info_dropped = 0;
     s->sub = 0;
     s->qual[0] = '\0';
     s->plan = NULL;

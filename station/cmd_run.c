@@ -40,6 +40,10 @@ static const char run_usage[] =
     "                      (answer 60 s late; dnload: stay dfuDNBUSY 60 s);\n"
     "                      errwrite=BLOCK, corrupt=OFFSET, stuck=BLOCK,\n"
     "                      disconnect=manifest, fail=manifest, slow=manifest\n"
+    "  --fault-rate PCT    inject a fault into PCT % of the simulated units (picked\n"
+    "                      from --seed; the kinds above in turn)\n"
+    "  --flap N:MS         simulated position N has a loose connector: each unit leaves\n"
+    "                      MS after it arrived and a fresh one is plugged\n"
     "  --pace MBPS         simulated devices' transfer rate (default 8; 0 = unpaced)\n"
     "  --image NAME=PATH   flash this file as recipe image NAME (boot, system)\n"
     "  --system-mib N      size of the generated demo system image (default 4)\n"
@@ -86,6 +90,8 @@ int st_cmd_run(int argc, char **argv)
         O_TCP,
         O_SOCKET,
         O_NO_HASH_CACHE,
+        O_FAULT_RATE,
+        O_FLAP,
     };
     static const struct option longopts[] = {
         {"simulate", required_argument, NULL, O_SIMULATE},
@@ -111,6 +117,8 @@ int st_cmd_run(int argc, char **argv)
         {"db-timeout-ms", required_argument, NULL, O_DB_TIMEOUT},
         {"socket", required_argument, NULL, O_SOCKET},
         {"no-hash-cache", no_argument, NULL, O_NO_HASH_CACHE},
+        {"fault-rate", required_argument, NULL, O_FAULT_RATE},
+        {"flap", required_argument, NULL, O_FLAP},
         {NULL, 0, NULL, 0},
     };
     struct st_run_options o;
@@ -227,6 +235,26 @@ int st_cmd_run(int argc, char **argv)
         case O_NO_HASH_CACHE:
             o.no_hash_cache = true;
             break;
+        case O_FLAP: {
+            unsigned long ms;
+            errno = 0;
+            v = strtoul(optarg, &end, 10);
+            ms = *end == ':' ? strtoul(end + 1, &end, 10) : 0;
+            if (errno || *end || v == 0 || v > 999 || ms == 0 || ms > 3600000)
+                return st_usage_error("--flap: expected N:MS (position, milliseconds), got \"%s\"",
+                                      optarg);
+            o.flap_position = (unsigned)v;
+            o.flap_ms = (unsigned)ms;
+            break;
+        }
+        case O_FAULT_RATE:
+            errno = 0;
+            o.fault_percent = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !(o.fault_percent >= 0) || o.fault_percent > 100)
+                return st_usage_error("--fault-rate: expected a percentage from 0 to 100, got "
+                                      "\"%s\"",
+                                      optarg);
+            break;
         case O_LOG_FORMAT:
             if (!strcmp(optarg, "text"))
                 o.log_format = ST_LOG_TEXT;
@@ -250,5 +278,9 @@ int st_cmd_run(int argc, char **argv)
         return st_usage_error("%s",
                               "nothing to do: give -c station.ini for a real line, or "
                               "--simulate N, --tcp HOST:PORT or --usb (built-in demo recipe)");
+    if (o.fault_percent > 0 && !o.simulate)
+        return st_usage_error("%s", "--fault-rate needs --simulate");
+    if (o.flap_position > o.simulate)
+        return st_usage_error("%s", "--flap: no such simulated position (see --simulate)");
     return st_run(&o);
 }

@@ -1008,6 +1008,9 @@ int st_run(const struct st_run_options *o)
                     : cs      ? cs->seed
                               : 0,
             .profile = profile,
+            .fault_percent = opts.fault_percent,
+            .flap_position = opts.flap_position,
+            .flap_ms = opts.flap_ms,
             /* Nobody reads the simulated partitions' hashes here, and the
              * models share the station's loop: hashing would be their CPU
              * counted as the station's. */

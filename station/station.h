@@ -58,6 +58,9 @@ struct st_run_options {
     unsigned reply_timeout_ms;         /* 0 = default (5 s) */
     unsigned info_lines;               /* virtual devices: INFO lines per flash */
     const char *faults[ST_MAX_FAULTS]; /* "N:KIND=ARG" */
+    double fault_percent;              /* simulated rack: share of units given a fault */
+    unsigned flap_position, flap_ms;   /* simulated rack: a position whose units leave
+                                          flap_ms after arriving; 0 = none */
     unsigned n_faults;
     const char *images[ST_MAX_IMAGE_OVERRIDES]; /* "NAME=PATH" */
     unsigned n_images;

@@ -47,6 +47,7 @@ struct eng_rack {
     unsigned open_timers;
     void (*stop_cb)(struct eng_rack *rack, void *user_data);
     void *stop_user_data;
+    unsigned random_faults; /* units given a fault by fault_percent */
 };
 
 static void unit_maybe_free(struct eng_rack *rack, struct unit *u)
@@ -150,6 +151,23 @@ static int plug_new_dfu_unit(struct eng_rack *rack, struct pos *p)
     return attach(rack, u);
 }
 
+const char *const eng_rack_random_faults[] = {
+    "fail=flash:system",       "disconnect=524288", "garbage=getvar:serialno",
+    "oversize=getvar:product", "silent=flash:boot", NULL,
+};
+
+/* fault_percent: whether unit number `unit` (1-based, rack-wide) gets a
+ * fault. A hash of the rack's serial base and the unit number, so a run
+ * with --seed picks the same units every time. */
+static bool draws_fault(const struct eng_rack *rack, unsigned unit)
+{
+    uint64_t z = ((uint64_t)rack->serial_base << 32 | unit) + 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (double)(z % 1000000) < rack->opts.fault_percent * 10000.0;
+}
+
 static int plug_new_unit(struct eng_rack *rack, struct pos *p)
 {
     if (rack->opts.dfu)
@@ -170,6 +188,13 @@ static int plug_new_unit(struct eng_rack *rack, struct pos *p)
         for (unsigned i = 0; i < p->n_faults; i++)
             if (eng_vfb_parse_fault(&cfg, p->faults[i]) != 0)
                 return ST_EINVAL;
+    if (rack->opts.fault_percent > 0 && draws_fault(rack, rack->plugged + 1)) {
+        unsigned kinds = 0;
+        while (eng_rack_random_faults[kinds])
+            kinds++;
+        if (eng_vfb_parse_fault(&cfg, eng_rack_random_faults[rack->random_faults++ % kinds]) != 0)
+            return ST_EINVAL;
+    }
     struct unit *u = calloc(1, sizeof(*u));
     if (!u)
         return ST_ENOMEM;
@@ -216,6 +241,10 @@ static void on_timer(uv_timer_t *timer)
     case ACT_PLUG:
         if (may_plug(rack) && !p->unit)
             plug_new_unit(rack, p);
+        if (p->unit && p->number == rack->opts.flap_position) {
+            p->action = ACT_PULL; /* whatever its session is doing */
+            uv_timer_start(&p->timer, on_timer, rack->opts.flap_ms, 0);
+        }
         break;
     case ACT_REATTACH:
         if (p->unit && !p->unit->t && !rack->stopping)
