@@ -350,8 +350,60 @@ out_err:
     return open_error(db, rc, doing, errbuf, errlen);
 }
 
+/* The value of environment variable `name`: 0 when unset, 1 and *val when
+ * a number from 1 to max, -1 otherwise. */
+static int env_uint(const char *name, unsigned long max, unsigned long *val)
+{
+    const char *env = getenv(name);
+    char *end;
+
+    if (!env || !*env)
+        return 0;
+    errno = 0;
+    *val = strtoul(env, &end, 10);
+    return errno == 0 && *end == '\0' && *val >= 1 && *val <= max ? 1 : -1;
+}
+
+/* tests/test_crash.c stops the station inside a WAL checkpoint to kill it
+ * there (ckpt_pause.c): STATION_TEST_CHECKPOINT_PAUSE_MS how long, and
+ * STATION_TEST_CHECKPOINT_PAUSE_PAGE after which page (default 1). Unset,
+ * *vfs stays NULL: SQLite's default VFS. */
+static int open_test_hook(struct db *db, const char **vfs, char *errbuf, size_t errlen)
+{
+    static const char ms_name[] = "STATION_TEST_CHECKPOINT_PAUSE_MS";
+    static const char page_name[] = "STATION_TEST_CHECKPOINT_PAUSE_PAGE";
+    unsigned long ms = 0, page = 1;
+    const char *bad = NULL;
+    int rc;
+
+    *vfs = NULL;
+    rc = env_uint(ms_name, 600000, &ms);
+    if (rc == 0)
+        return 0;
+    if (rc < 0)
+        bad = ms_name;
+    else if (env_uint(page_name, 1000000, &page) < 0)
+        bad = page_name;
+    if (bad) {
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen, "cannot open database %s: %s=\"%s\" is not a number in range",
+                     db->path, bad, getenv(bad));
+        return ST_EINVAL;
+    }
+    rc = db__pause_new(db->path, (unsigned)ms, (unsigned)page, &db->pause);
+    if (rc != 0) {
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen, "cannot open database %s: checkpoint pause: %s", db->path,
+                     st_strerror(rc));
+        return rc;
+    }
+    *vfs = db__pause_vfs_name(db->pause);
+    return 0;
+}
+
 int db_open(const char *path, struct db **out, char *errbuf, size_t errlen)
 {
+    const char *vfs;
     int64_t version;
     struct db *db;
     int rc;
@@ -379,11 +431,14 @@ int db_open(const char *path, struct db **out, char *errbuf, size_t errlen)
     db->wstate = DB__W_IDLE;
     db->busy_ms = 5000;
 
+    rc = open_test_hook(db, &vfs, errbuf, errlen);
+    if (rc < 0)
+        goto out_close;
     /* FULLMUTEX although only one thread uses the connection at a time:
      * it is handed from the loop thread to the writer, and the cost of an
      * uncontended mutex is nothing next to an fsync. */
     rc = sqlite3_open_v2(path, &db->conn,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, vfs);
     if (rc != SQLITE_OK) {
         rc = open_error(db, rc, "cannot open database", errbuf, errlen);
         goto out_close;
@@ -463,6 +518,7 @@ void db_close(struct db *db)
     rc = sqlite3_close(db->conn); /* harmless on NULL */
     assert(rc == SQLITE_OK && "a statement is still open");
     (void)rc;
+    db__pause_free(db->pause); /* the connection that used it is gone */
     uv_cond_destroy(&db->cond);
     uv_mutex_destroy(&db->mu);
     free(db->path);

@@ -67,8 +67,10 @@ struct db {
     char *path;
     unsigned recovered;
     int64_t next_id;
-    int64_t first_free_id; /* ids from here up were unused at open */
-    unsigned busy_ms;      /* sqlite3_busy_timeout of the connection */
+    int64_t first_free_id;   /* ids from here up were unused at open */
+    unsigned busy_ms;        /* sqlite3_busy_timeout of the connection */
+    int wal_frames;          /* frames in the WAL after the last commit */
+    struct db__pause *pause; /* test hook, NULL in production (ckpt_pause.c) */
 
     /* loop */
     enum db__wstate wstate;
@@ -99,5 +101,20 @@ struct db {
 
 /* Finalize the writer's statements (NULL entries are skipped). */
 void db__finalize_stmts(struct db *db);
+
+/*
+ * Test hook (ckpt_pause.c): a VFS, registered under its own name, through
+ * which the database at db_path is opened when the environment asks for it
+ * (STATION_TEST_CHECKPOINT_PAUSE_MS). The first checkpoint that copies
+ * pages into the main file then creates "<db_path>.checkpoint-paused" and
+ * sleeps `ms` inside the checkpoint: after its page-th page (0 counts as 1),
+ * or after its last one if it has fewer. Returns 0 and sets *out, or a
+ * negative st_error code. Free it only after the connection using it is
+ * closed.
+ */
+struct db__pause;
+int db__pause_new(const char *db_path, unsigned ms, unsigned page, struct db__pause **out);
+const char *db__pause_vfs_name(const struct db__pause *p);
+void db__pause_free(struct db__pause *p);
 
 #endif

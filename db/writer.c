@@ -9,7 +9,9 @@
  * the done list and a uv_async_t wakes the loop, which runs their
  * callbacks in order. A failed batch is rolled back and turns the writer
  * "failed": the loop hears about it once through on_error, the ends
- * already accepted get ST_EDB, and new requests are refused.
+ * already accepted get ST_EDB, and new requests are refused. After a
+ * batch has been handed to the loop, the writer checkpoints the WAL once
+ * it has grown large (checkpoint()).
  */
 #include "db/db_internal.h"
 
@@ -21,6 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The WAL size at which the writer checkpoints: SQLite's default
+ * wal_autocheckpoint, in frames of one page. */
+#define DB__CHECKPOINT_FRAMES 1000
 
 /* `what` names the call in error messages ("DB ERROR: INSERT steps: ..."). */
 static const struct {
@@ -333,6 +339,35 @@ out_rollback:
     return rc;
 }
 
+/* SQLite's WAL hook, on the writer thread after each COMMIT: the size of
+ * the WAL, in frames, for checkpoint(). Setting it turns SQLite's own
+ * checkpoint at COMMIT (wal_autocheckpoint) off. */
+static int on_wal_commit(void *arg, sqlite3 *conn, const char *name, int frames)
+{
+    struct db *db = arg;
+
+    db->wal_frames = frames;
+    return SQLITE_OK;
+}
+
+/* Copy the WAL back into the database file once it holds
+ * DB__CHECKPOINT_FRAMES frames (about 4 MiB), so that it stays bounded over
+ * a shift. SQLite would do this inside COMMIT; here it runs once the loop
+ * has been told the batch is durable, so no result waits for it. PASSIVE:
+ * it never waits for a reader (station report); frames a reader still
+ * needs are copied by a later checkpoint, as the next COMMIT reports the
+ * WAL still large. A failure is not the batch's, which is durable in the
+ * WAL already; a disk that went bad fails the next COMMIT, which says so. */
+static void checkpoint(struct db *db)
+{
+    int log = 0, copied = 0;
+
+    if (db->wal_frames < DB__CHECKPOINT_FRAMES)
+        return;
+    db->wal_frames = 0;
+    (void)sqlite3_wal_checkpoint_v2(db->conn, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+}
+
 /* Under mu: move the ends and lookups of a batch to the done list with
  * `status` and return the rest, which the caller frees outside the lock. */
 static struct db__req *finish_batch(struct db *db, struct db__req *batch, int status)
@@ -406,6 +441,8 @@ static void writer_main(void *arg)
         }
         if (notify)
             uv_async_send(&db->async);
+        if (rc == 0)
+            checkpoint(db);
         uv_mutex_lock(&db->mu);
     }
     db->exited = true;
@@ -502,6 +539,8 @@ int db_writer_start(struct db *db, uv_loop_t *loop, db_error_cb on_error, void *
     db->loop = loop;
     db->on_error = on_error;
     db->error_data = user_data;
+    db->wal_frames = 0;
+    sqlite3_wal_hook(db->conn, on_wal_commit, db);
     /* Thread first: if the async handle then fails, the thread can still be
      * stopped and joined at once, whereas a handle would need a close
      * callback before the caller could free anything. */
