@@ -12,6 +12,10 @@
  * session's end is reported to its db_commit_cb only after the transaction
  * holding it has been committed, so the caller may then show the result.
  * Step rows and session starts are batched into the same transactions.
+ * The writer checkpoints the WAL itself (PASSIVE, once it holds about
+ * 1000 pages), after the batch's callbacks were handed to the loop, so
+ * that no result waits for a checkpoint and the WAL stays bounded over a
+ * shift.
  *
  * Threading: every function here is called from the loop thread only;
  * callbacks run on the loop thread. The writer thread never touches the
