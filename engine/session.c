@@ -209,8 +209,10 @@ static void on_info(struct eng_fb *fb, const char *line, void *user_data)
         memcpy(s->info + s->info_len, line, n);
         s->info_len += n;
         s->info[s->info_len++] = '\n';
+    } else if (s->info_dropped++ > 0) {
+        return; /* counted for the record; the log and the screen heard once */
     } else {
-        s->info_dropped++;
+        line = "(further INFO lines of this step are counted, not shown)";
     }
     fill_event(s, &ev, ENG_EV_INFO);
     ev.text = line;

@@ -7,8 +7,9 @@
  *    the station takes them, while the simulated rack flashes beside it.
  *    The rack's sessions that ran inside the flood pass in about their
  *    paced time, the flooding session passes, its step record keeps the
- *    first lines and "... N more lines" (N exact), and the station's
- *    anonymous memory does not grow with the flood.
+ *    first lines and "... N more lines" (N exact), its log lines stop
+ *    where the record does, and the station's anonymous memory does not
+ *    grow with the flood.
  *  - Hotplug burst: one rack position has a loose connector (`--flap`):
  *    each unit leaves FLAP_MS after it arrived and a fresh one follows,
  *    thousands of arrivals and departures, while the other positions
@@ -367,8 +368,7 @@ static void test_info_flood_starves_nobody(void **state)
     const char *argv[] = {STATION_BIN, "run",  "--simulate",  "6",   "--tcp",  tcp,  "--headless",
                           "--db",      fx->db, "--replug-ms", "100", "--seed", "11", NULL};
     child_env();
-    /* stdout gets every INFO line: hundreds of thousands, not kept */
-    pid_t pid = th_spawn(argv, NULL, fx->err, fx->dir);
+    pid_t pid = th_spawn(argv, fx->out, fx->err, fx->dir);
     long anon_before = -1, anon_peak = -1;
     /* While the device floods: the station's anonymous memory. */
     int64_t t0 = th_now_ms();
@@ -431,6 +431,10 @@ static void test_info_flood_starves_nobody(void **state)
            more);
     assert_int_equal(kept + more, dev.lines);
     free(info);
+    /* The log shows the lines the record kept, then says once that the
+     * rest are only counted: a flood does not flood the journal either. */
+    assert_int_equal(th_file_count(fx->out, "flood line "), kept);
+    assert_int_equal(th_file_count(fx->out, "INFO lines of this step are counted, not shown"), 1);
 
     /* The rack's sessions inside the flood window were not starved. */
     char where[256];
