@@ -297,7 +297,7 @@ int eng_dfu_file_check_device(const struct eng_dfu_file *f, const char *name, ui
 int eng_dfu_file_check(const uint8_t *buf, size_t len, const char *name, uint16_t vid, uint16_t pid,
                        bool allow_raw, char *err, size_t errlen)
 {
-    struct eng_dfu_file f;
+    struct eng_dfu_file f = {0}; /* the compiler cannot see that parse fills it on 0 */
     int rc = eng_dfu_file_parse(buf, len, name, &f, err, errlen);
     if (rc)
         return rc;

@@ -303,7 +303,7 @@ bool th_wait_for(pid_t pid, int limit_s, int *status)
 
 int th_wait_exit(pid_t pid, int limit_s, const char *what)
 {
-    int status;
+    int status = -1; /* fail_msg does not return */
     if (!th_wait_for(pid, limit_s, &status))
         fail_msg("%s did not exit within %d s", what, limit_s);
     return status;
