@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define MAX_RUNS 15
 
 struct run {
@@ -53,32 +55,6 @@ struct run {
     long samples, over_2ms, over_20ms;
     bool have_stats;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static bool file_has(const char *path, const char *needle)
-{
-    char buf[8192];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return strstr(buf, needle) != NULL;
-}
 
 static void count_sessions(const char *db, int *passed, int *recorded)
 {
@@ -148,11 +124,11 @@ static pid_t start_sim(const char *station, const char *dir, unsigned devices, d
             _exit(127);
         }
         for (int i = 0; i < 500; i++) {
-            if (file_has(out, "; ready"))
+            if (bench_file_has(out, "; ready"))
                 return pid;
             if (waitpid(pid, NULL, WNOHANG) == pid)
                 break;
-            sleep_ms(10);
+            bench_sleep_ms(10);
         }
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
@@ -220,7 +196,7 @@ static void one(const char *station, const struct config *cfg, struct run *r)
 
     struct winsize ws = {.ws_row = 70, .ws_col = 200};
     int master = -1;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     pid_t pid;
     if (cfg->headless) {
         pid = fork();
@@ -259,16 +235,16 @@ static void one(const char *station, const struct config *cfg, struct run *r)
                 }
             }
         } else {
-            sleep_ms(20);
+            bench_sleep_ms(20);
         }
         if (wait4(pid, &status, WNOHANG, &ru) == pid)
             done = true;
-        else if (!termed && now_s() - t0 > 300) {
+        else if (!termed && bench_now_s() - t0 > 300) {
             kill(pid, SIGTERM);
             termed = true;
         }
     }
-    r->wall = now_s() - t0;
+    r->wall = bench_now_s() - t0;
     if (master >= 0)
         close(master);
     r->cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +

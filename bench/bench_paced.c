@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #include "station/station.h"
 
 #define MAX_DEVICES 256
@@ -36,13 +38,6 @@ struct result {
     int sessions, passed, kept;
     double min_pct, median_pct, max_pct, wall, cpu, aggregate_mbps;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -107,7 +102,7 @@ static void one(unsigned devices, double pace, unsigned mib, struct result *r)
         return;
     }
     snprintf(db, sizeof(db), "%s/bench.db", dir);
-    double t0 = now_s();
+    double t0 = bench_now_s();
     pid_t pid = fork();
     if (pid == 0) {
         FILE *devnull = fopen("/dev/null", "w");
@@ -126,7 +121,7 @@ static void one(unsigned devices, double pace, unsigned mib, struct result *r)
     struct rusage ru;
     while (wait4(pid, &status, 0, &ru) < 0 && errno == EINTR)
         ;
-    r->wall = now_s() - t0;
+    r->wall = bench_now_s() - t0;
     r->cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
              (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     rates_from_db(db, pace, r);

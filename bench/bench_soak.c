@@ -45,6 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 struct config {
     unsigned sessions, devices, system_mib, replug_ms, timeout_ms, sample_ms, limit_s;
     double pace, fault_rate;
@@ -64,20 +66,6 @@ struct samples {
     struct sample *v;
     size_t n, cap;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 /* VmRSS and RssAnon of /proc/PID/status, in KiB (-1: not read). */
 static long rss_kb(pid_t pid, long *anon_kb)
@@ -402,7 +390,7 @@ int main(int argc, char **argv)
            a_sim, a_exit, a_pace, a_mib, a_replug, a_fault, a_seed, a_timeout);
     fflush(stdout);
 
-    double t0 = now_s();
+    double t0 = bench_now_s();
     pid_t pid = fork();
     if (pid < 0) {
         fprintf(stderr, "bench_soak: fork: %s\n", strerror(errno));
@@ -425,7 +413,7 @@ int main(int argc, char **argv)
         pid_t w = wait4(pid, &status, WNOHANG, &ru);
         if (w == pid)
             break;
-        double t = now_s();
+        double t = bench_now_s();
         if (!killed && t - t0 > c.limit_s) {
             fprintf(stderr, "bench_soak: stopping the station after %u s\n", c.limit_s);
             kill(pid, SIGTERM);
@@ -440,9 +428,9 @@ int main(int argc, char **argv)
             add_sample(&s, &x);
             next += c.sample_ms / 1000.0;
         }
-        sleep_ms(20);
+        bench_sleep_ms(20);
     }
-    double wall = now_s() - t0;
+    double wall = bench_now_s() - t0;
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 
     long long total = db_count(db, "SELECT count(*) FROM sessions");

@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define MAX_PROCS 64
 
 struct proc {
@@ -52,26 +54,6 @@ struct proc {
     struct rusage ru;
     long peak_private_kb, peak_dirty_kb, peak_rss_kb;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static double cpu_s(const struct rusage *ru)
-{
-    return (double)ru->ru_utime.tv_sec + (double)ru->ru_utime.tv_usec / 1e6 +
-           (double)ru->ru_stime.tv_sec + (double)ru->ru_stime.tv_usec / 1e6;
-}
 
 static pid_t spawn(char *const argv[], const char *out)
 {
@@ -125,20 +107,8 @@ static void watch(struct proc *ps, int n)
                 left--;
             }
         }
-        sleep_ms(10);
+        bench_sleep_ms(10);
     }
-}
-
-static bool file_has(const char *path, const char *needle)
-{
-    char buf[4096];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return strstr(buf, needle) != NULL;
 }
 
 /* Start a sim on a free port range; returns its pid and sets *port. */
@@ -158,12 +128,12 @@ static pid_t start_sim(const char *station, const char *dir, unsigned devices, c
                         "--quiet",       "--offline-ms", "600000",         NULL};
         pid_t pid = spawn(argv, out);
         for (int i = 0; i < 500; i++) {
-            if (file_has(out, "; ready"))
+            if (bench_file_has(out, "; ready"))
                 return pid;
             int status;
             if (waitpid(pid, &status, WNOHANG) == pid)
                 break;
-            sleep_ms(10);
+            bench_sleep_ms(10);
         }
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
@@ -178,22 +148,7 @@ static double stop_sim(pid_t pid)
     int status;
     kill(pid, SIGTERM);
     wait4(pid, &status, 0, &ru);
-    return cpu_s(&ru);
-}
-
-static double proc_cpu_s(pid_t pid)
-{
-    char path[64];
-    unsigned long ut = 0, st = 0;
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    /* fields 14 and 15: utime, stime (the command name has no spaces here) */
-    if (fscanf(f, "%*d %*s %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        ut = st = 0;
-    fclose(f);
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    return bench_rusage_cpu_s(&ru);
 }
 
 /* The station's flashing window from its records: first start to last end. */
@@ -232,7 +187,7 @@ static void print_row(const struct result *r)
 static void collect(struct result *r, struct proc *ps, int n)
 {
     for (int i = 0; i < n; i++) {
-        r->cpu += cpu_s(&ps[i].ru);
+        r->cpu += bench_rusage_cpu_s(&ps[i].ru);
         r->private_kb += ps[i].peak_private_kb;
         r->dirty_kb += ps[i].peak_dirty_kb;
         r->rss_kb += ps[i].peak_rss_kb;
@@ -309,7 +264,7 @@ int main(int argc, char **argv)
     /* The station remembers an image's hash (DB.hashes/) only when the
      * file is at least 2 s older than the hashing: wait that out, so that
      * the first start remembers and the restart can use it. */
-    sleep_ms(2500);
+    bench_sleep_ms(2500);
 
     struct result rs[3];
     memset(rs, 0, sizeof(rs));
@@ -337,21 +292,21 @@ int main(int argc, char **argv)
                       "--headless",   "--timeout-ms", "30000",   NULL};
         struct proc p = {0};
         truncate(out, 0);
-        double t0 = now_s();
+        double t0 = bench_now_s();
         p.pid = spawn(av, out);
         /* the images are loaded (hashed) when their "image ... sha256" lines appear */
-        while (!file_has(out, "session 1 started")) {
+        while (!bench_file_has(out, "session 1 started")) {
             sample(&p);
             siginfo_t si = {0};
             if (waitid(P_PID, (id_t)p.pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid)
                 break; /* exited (not reaped: watch() collects its rusage) */
-            rs[r].load_cpu = proc_cpu_s(p.pid);
-            sleep_ms(5);
+            rs[r].load_cpu = bench_proc_cpu_s(p.pid);
+            bench_sleep_ms(5);
         }
         watch(&p, 1);
-        rs[r].wall = now_s() - t0;
+        rs[r].wall = bench_now_s() - t0;
         rs[r].name = r ? "station run, restarted" : "station run, first start";
-        rs[r].remembered = file_has(out, "(remembered");
+        rs[r].remembered = bench_file_has(out, "(remembered");
         collect(&rs[r], &p, 1);
         rs[r].sim_cpu = stop_sim(sim);
     }
@@ -362,7 +317,7 @@ int main(int argc, char **argv)
         struct proc ps[MAX_PROCS];
         char serial[MAX_PROCS][64];
         memset(ps, 0, sizeof(ps));
-        double t0 = now_s();
+        double t0 = bench_now_s();
         for (unsigned i = 0; i < devices; i++) {
             snprintf(serial[i], sizeof(serial[i]), "tcp:127.0.0.1:%u", port + i);
             char *av[] = {"fastboot", "-s",    serial[i], "flash", "boot",
@@ -370,7 +325,7 @@ int main(int argc, char **argv)
             ps[i].pid = spawn(av, out);
         }
         watch(ps, (int)devices);
-        rs[2].wall = now_s() - t0;
+        rs[2].wall = bench_now_s() - t0;
         rs[2].name = "fastboot flash (N procs)";
         collect(&rs[2], ps, (int)devices);
     }

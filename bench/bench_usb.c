@@ -42,22 +42,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define MAX_DEVICES 64
 #define LIMIT_S 300
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 static char *slurp(const char *path)
 {
@@ -78,36 +66,6 @@ static char *slurp(const char *path)
     return buf;
 }
 
-static bool file_has(const char *path, const char *needle)
-{
-    char *text = slurp(path);
-    bool yes = strstr(text, needle) != NULL;
-    free(text);
-    return yes;
-}
-
-/* user + system CPU seconds of a live process, from /proc/PID/stat */
-static double proc_cpu_s(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-    if (!p)
-        return 0;
-    unsigned long ut = 0, st = 0;
-    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt
-     * majflt cmajflt utime stime */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 /*
  * `bench_usb --wrap RESULT OUT -- COMMAND...`: run COMMAND, write
  * "wall cpu_user cpu_sys load_cpu" to RESULT (load_cpu: its CPU when OUT
@@ -118,7 +76,7 @@ static int wrap(int argc, char **argv)
     if (argc < 6 || strcmp(argv[4], "--") != 0)
         return 125;
     const char *result = argv[2], *out = argv[3];
-    double t0 = now_s(), load_cpu = -1;
+    double t0 = bench_now_s(), load_cpu = -1;
     pid_t pid = fork();
     if (pid < 0)
         return 125;
@@ -137,13 +95,13 @@ static int wrap(int argc, char **argv)
         if (w < 0 && errno != EINTR)
             break;
         if (load_cpu < 0) {
-            double c = proc_cpu_s(pid);
-            if (file_has(out, "session 1 started"))
+            double c = bench_proc_cpu_s(pid);
+            if (bench_file_has(out, "session 1 started"))
                 load_cpu = c;
         }
-        sleep_ms(load_cpu < 0 ? 2 : 20);
+        bench_sleep_ms(load_cpu < 0 ? 2 : 20);
     }
-    double wall = now_s() - t0;
+    double wall = bench_now_s() - t0;
     FILE *f = fopen(result, "w");
     if (f) {
         fprintf(f, "%.6f %.6f %.6f %.6f\n", wall,
@@ -312,7 +270,7 @@ static void one_run(struct run *r, const char *self, const char *usbsim, const c
         argv[n++] = tail[i];
     argv[n] = NULL;
 
-    double t0 = now_s();
+    double t0 = bench_now_s();
     pid_t pid = fork();
     if (pid == 0) {
         setpgid(0, 0);
@@ -330,15 +288,15 @@ static void one_run(struct run *r, const char *self, const char *usbsim, const c
             r->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
             break;
         }
-        if (now_s() - t0 > LIMIT_S) {
+        if (bench_now_s() - t0 > LIMIT_S) {
             kill(-pid, SIGKILL);
             waitpid(pid, &status, 0);
             fprintf(stderr, "bench_usb: %s: no exit within %d s, killed\n", r->name, LIMIT_S);
             break;
         }
-        sleep_ms(10);
+        bench_sleep_ms(10);
     }
-    r->usbsim_wall = now_s() - t0;
+    r->usbsim_wall = bench_now_s() - t0;
     FILE *f = fopen(res, "r");
     if (f) {
         if (fscanf(f, "%lf %lf %lf %lf", &r->wall, &r->user, &r->sys, &r->load_cpu) != 4)

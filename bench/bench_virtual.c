@@ -36,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #include "station/station.h"
 
 #define MAX_REPEAT 9
@@ -45,20 +47,6 @@ struct result {
     double wall, window, bytes, cpu, load_cpu;
     double rss_kb, anon_kb;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 /* Flashing window and bytes from the records: first start to last end. */
 static void window_from_db(const char *path, struct result *r)
@@ -97,32 +85,6 @@ static void sample_mem(pid_t pid, struct result *r)
     fclose(f);
 }
 
-static double proc_cpu_s(pid_t pid)
-{
-    char path[64];
-    unsigned long ut = 0, st = 0;
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    if (fscanf(f, "%*d %*s %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        ut = st = 0;
-    fclose(f);
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static bool file_has(const char *path, const char *needle)
-{
-    char buf[8192];
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return strstr(buf, needle) != NULL;
-}
-
 static void one(unsigned devices, unsigned mib, struct result *r)
 {
     char dir[] = "/tmp/bench_virtualXXXXXX";
@@ -134,7 +96,7 @@ static void one(unsigned devices, unsigned mib, struct result *r)
     }
     snprintf(db, sizeof(db), "%s/bench.db", dir);
     snprintf(out, sizeof(out), "%s/out.txt", dir);
-    double t0 = now_s();
+    double t0 = bench_now_s();
     pid_t pid = fork();
     if (pid == 0) {
         FILE *lines = fopen(out, "w");
@@ -159,17 +121,17 @@ static void one(unsigned devices, unsigned mib, struct result *r)
     for (;;) {
         sample_mem(pid, r);
         if (!started) {
-            double c = proc_cpu_s(pid);
-            if (file_has(out, "session 1 started"))
+            double c = bench_proc_cpu_s(pid);
+            if (bench_file_has(out, "session 1 started"))
                 started = true;
             else
                 r->load_cpu = c;
         }
         if (wait4(pid, &status, WNOHANG, &ru) == pid)
             break;
-        sleep_ms(started ? 5 : 2);
+        bench_sleep_ms(started ? 5 : 2);
     }
-    r->wall = now_s() - t0;
+    r->wall = bench_now_s() - t0;
     r->cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
              (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     window_from_db(db, r);
