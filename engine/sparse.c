@@ -305,6 +305,16 @@ static int index_sparse_input(struct builder *b)
         uint32_t n = le32(m + off + 4), total = le32(m + off + 8);
         if (total < chdr || off + total > b->size)
             return fail(b, ST_EPROTO, "sparse image: chunk out of bounds");
+        /* The size a chunk declares must be what its type carries:
+         * libsparse trusts the block count and reads elsewhere if not. */
+        uint64_t body = type == 0xCAC1                     ? (uint64_t)n * b->bs
+                        : type == 0xCAC2 || type == 0xCAC4 ? 4
+                        : type == 0xCAC3                   ? 0
+                                                           : UINT64_MAX;
+        if (body == UINT64_MAX)
+            return fail(b, ST_EPROTO, "sparse image: unknown chunk type");
+        if ((uint64_t)total != chdr + body)
+            return fail(b, ST_EPROTO, "sparse image: a chunk's size does not match its blocks");
         if (type == 0xCAC1)
             b->src[b->n_src++] = (struct raw_src){blk, n, off + chdr};
         blk += n;
@@ -326,58 +336,36 @@ static bool fill_block(const uint8_t *p, uint32_t bs, uint32_t *value)
 }
 
 /*
- * A raw image for libsparse, built from the mapping instead of letting
- * sparse_file_import_auto() read() the file through a buffer (a full copy
- * of the image, a third of the plan's cost). Blocks are classified as
- * libsparse's own reader does: a whole block whose 32-bit words all equal
- * the first is a fill of that value, added block by block as it adds them;
- * anything else (the last partial block included) is data. Its reader
- * adds data blocks one by one as file ranges, which libsparse merges into
- * one chunk per run; data blocks given by pointer are not merged, so each
- * run goes in whole, pointing into the mapping. The chunk list, and every
- * piece written from it, are then the same (tests/test_sparse.c compares
- * them with libsparse's own import, byte for byte). NULL with *fallback
- * when a run is too long for libsparse's 32-bit lengths: the caller uses
- * libsparse's own import then.
+ * A raw image for libsparse, classified from the mapping instead of letting
+ * sparse_file_import_auto() read() the whole file through a buffer to do
+ * it (a full copy of the image, a third of the plan's cost). The blocks
+ * go to libsparse as its own reader gives them, one call per block in
+ * order: a whole block whose 32-bit words all equal the first is a fill
+ * of that value; anything else (the last partial block included) is a
+ * range of the file. libsparse merges them exactly as it merges its
+ * reader's, so the chunk list and every piece written from it are the
+ * same: tests/test_sparse.c and tests/fuzz/fuzz_sparse.c compare them
+ * with libsparse's own import, byte for byte.
  */
-static struct sparse_file *import_raw(const uint8_t *map, uint64_t size, bool *fallback)
+static struct sparse_file *import_raw(int fd, const uint8_t *map, uint64_t size)
 {
     const uint32_t bs = 4096;
-    *fallback = false;
     struct sparse_file *s = sparse_file_new(bs, (int64_t)size);
     if (!s)
         return NULL;
-    uint64_t blocks = (size + bs - 1) / bs, run = 0;
-    bool in_run = false;
-    for (uint64_t blk = 0; blk <= blocks; blk++) {
+    uint64_t blocks = (size + bs - 1) / bs;
+    for (uint64_t blk = 0; blk < blocks; blk++) {
         uint64_t off = blk * bs;
-        uint32_t value = 0;
-        bool fill = blk < blocks && size - off >= bs && fill_block(map + off, bs, &value);
-        if (in_run && (fill || blk == blocks)) {
-            uint64_t start = run * bs, len = (blk == blocks ? size : off) - start;
-            if (len > 0xffffffffull - bs) {
-                *fallback = true;
-                goto fail;
-            }
-            if (sparse_file_add_data(s, (void *)(uintptr_t)(map + start), (unsigned)len,
-                                     (unsigned)run) < 0)
-                goto fail;
-            in_run = false;
-        }
-        if (blk == blocks)
-            break;
-        if (fill) {
-            if (sparse_file_add_fill(s, value, bs, (unsigned)blk) < 0)
-                goto fail;
-        } else if (!in_run) {
-            in_run = true;
-            run = blk;
+        uint32_t len = size - off < bs ? (uint32_t)(size - off) : bs, value;
+        int rc = len == bs && fill_block(map + off, bs, &value)
+                     ? sparse_file_add_fill(s, value, len, (unsigned)blk)
+                     : sparse_file_add_fd(s, fd, (int64_t)off, len, (unsigned)blk);
+        if (rc < 0) {
+            sparse_file_destroy(s);
+            return NULL;
         }
     }
     return s;
-fail:
-    sparse_file_destroy(s);
-    return NULL;
 }
 
 int eng_sparse_plan_new(int fd, const uint8_t *map, uint64_t size, uint64_t limit,
@@ -407,10 +395,9 @@ int eng_sparse_plan_new(int fd, const uint8_t *map, uint64_t size, uint64_t limi
         rc = b.error;
         goto out;
     }
-    bool fallback = true;
     if (!b.sparse_input && size / 4096 < 0xffffffffull) /* block numbers are 32-bit there */
-        in = import_raw(map, size, &fallback);
-    if (!in && fallback)
+        in = import_raw(own, map, size);
+    else
         in = sparse_file_import_auto(own, false, false);
     if (!in) {
         rc = ST_EPROTO;

@@ -9,7 +9,10 @@
  *
  * Checked: every piece is at most the limit, its ranges add up to its
  * size, and every range points into the image or the plan's own buffer
- * (each byte is read, so ASan sees a range that points elsewhere).
+ * (each byte is read, so ASan sees a range that points elsewhere); and
+ * the pieces are, byte for byte, what libsparse's own import, resparse
+ * and write give for the same file (the planner builds a raw image's
+ * chunk list from the mapping itself, and must end up the same).
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -18,6 +21,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <android/sparse/sparse.h>
+
 #include "engine/sparse.h"
 #include "fuzz_util.h"
 
@@ -25,6 +30,79 @@ static void fail_if(bool bad)
 {
     if (bad)
         abort();
+}
+
+struct stream {
+    uint8_t *p;
+    size_t len, cap;
+};
+
+static int collect(void *priv, const void *data, size_t len)
+{
+    struct stream *b = priv;
+    if (b->len + len > b->cap) {
+        size_t cap = (b->len + len) * 2;
+        uint8_t *n = realloc(b->p, cap);
+        fail_if(n == NULL);
+        b->p = n;
+        b->cap = cap;
+    }
+    if (data)
+        memcpy(b->p + b->len, data, len);
+    else
+        memset(b->p + b->len, 0, len);
+    b->len += len;
+    return 0;
+}
+
+/* libsparse's own import, resparse and write of the file: its pieces in
+ * want[] (*n of them), or -1 where libsparse itself refuses. */
+static int oracle(int fd, uint64_t limit, struct stream **want, int *n)
+{
+    *want = NULL;
+    *n = 0;
+    fail_if(lseek(fd, 0, SEEK_SET) != 0);
+    struct sparse_file *in = sparse_file_import_auto(fd, false, false);
+    if (!in)
+        return -1;
+    int rc = 0, k = sparse_file_resparse(in, (unsigned)limit, NULL, 0);
+    struct sparse_file **pieces = k > 0 ? calloc((size_t)k, sizeof(*pieces)) : NULL;
+    *want = k > 0 ? calloc((size_t)k, sizeof(**want)) : NULL;
+    if (k <= 0 || !pieces || !*want || sparse_file_resparse(in, (unsigned)limit, pieces, k) != k)
+        rc = -1;
+    for (int i = 0; i < k && pieces; i++) {
+        if (rc == 0 && sparse_file_callback(pieces[i], true, false, collect, &(*want)[i]) < 0)
+            rc = -1;
+        if (pieces[i])
+            sparse_file_destroy(pieces[i]);
+    }
+    free(pieces);
+    sparse_file_destroy(in);
+    *n = k;
+    return rc;
+}
+
+static void free_oracle(struct stream *want, int n)
+{
+    for (int i = 0; want && i < n; i++)
+        free(want[i].p);
+    free(want);
+}
+
+/* The plan's pieces, byte for byte, against libsparse's. */
+static void same_as_libsparse(const struct eng_sparse_plan *plan, const struct stream *want, int n)
+{
+    fail_if(n != (int)eng_sparse_plan_count(plan));
+    for (int i = 0; i < n; i++) {
+        const struct eng_sparse_piece *pc = eng_sparse_plan_piece(plan, (unsigned)i);
+        fail_if(pc->bytes != want[i].len);
+        size_t off = 0;
+        for (unsigned k = 0; k < pc->n_iov; k++) {
+            fail_if(off + pc->iov[k].len > want[i].len ||
+                    memcmp(pc->iov[k].base, want[i].p + off, pc->iov[k].len) != 0);
+            off += pc->iov[k].len;
+        }
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -43,6 +121,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct eng_sparse_plan *plan = NULL;
     char err[256];
     int rc = eng_sparse_plan_new(fd, img, len, limit, &plan, err, sizeof(err));
+    /* What libsparse makes of the same file: the plan must give the same
+     * pieces, and for a raw image it must fail exactly where libsparse
+     * does. A sparse image the planner refused is not given to libsparse
+     * here: the planner checks headers first because libsparse trusts
+     * them (block sizes it then allocates). */
+    bool raw = len > 0 && !eng_sparse_is_sparse(img, len);
+    if (rc == 0 || raw) {
+        struct stream *want;
+        int n_want;
+        int orc = oracle(fd, limit, &want, &n_want);
+        if (rc == 0) {
+            fail_if(orc != 0);
+            same_as_libsparse(plan, want, n_want);
+        } else {
+            fail_if(orc == 0);
+        }
+        free_oracle(want, n_want);
+    }
     if (rc)
         fuzz_debug("plan: %s", err);
     else
