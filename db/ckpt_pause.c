@@ -67,11 +67,16 @@ static void pause_now(struct db__pause *p, unsigned pages, sqlite3_int64 offset)
                      "pid %ld tid %ld paused in a checkpoint after its last page (%u), before"
                      " the -shm records it\n",
                      pid, tid, pages);
-    fd = open(p->marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0 || write(fd, line, (size_t)n) != n)
+    /* Written aside and renamed into place: the test kills as soon as
+     * the marker exists, so it must never see it empty. */
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", p->marker);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    bool ok = fd >= 0 && write(fd, line, (size_t)n) == n;
+    if (fd >= 0 && close(fd) != 0)
+        ok = false;
+    if (!ok || rename(tmp, p->marker) != 0)
         fprintf(stderr, "checkpoint pause: cannot write %s\n", p->marker);
-    if (fd >= 0)
-        close(fd);
     uv_sleep(p->ms);
 }
 
