@@ -8,8 +8,9 @@
  *   records carry its new SHA-256;
  * - a damaged cache entry is ignored;
  * - --no-hash-cache neither reads nor writes the cache;
- * - a file changed less than two seconds before its hashing is not
- *   remembered (a later write in the same timestamp tick could hide).
+ * - a file modified less than two seconds before its hashing (here: an
+ *   hour in the future) is not remembered (a later write in the same
+ *   timestamp tick could hide).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -54,6 +55,12 @@ static void write_image(struct fx *fx, uint32_t seed)
     assert_int_equal(close(fd), 0);
     th_sha256_hex(buf, IMAGE_BYTES, fx->sha);
     free(buf);
+}
+
+static void set_mtime(struct fx *fx, time_t t)
+{
+    struct timespec ts[2] = {{t, 0}, {t, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, fx->image, ts, 0), 0);
 }
 
 /* One simulated unit flashed with the image; returns the station's stdout. */
@@ -156,12 +163,16 @@ static void test_remembered_until_the_file_changes(void **state)
     char sha[65];
     write_image(fx, 0x1234u);
 
-    /* hashed at once after writing: too fresh to remember */
+    /* A modification time that is not at least 2 s before the hashing
+     * (here an hour ahead, so that no start-up delay can age it) is not
+     * remembered. */
+    set_mtime(fx, time(NULL) + 3600);
     char *out = run_station(fx, false);
     expect_line(out, fx->sha, false);
     free(out);
     assert_int_equal(cache_entries(fx), 0);
 
+    set_mtime(fx, time(NULL) - 60); /* the change time is now: wait it out */
     th_sleep_ms(2500);
     out = run_station(fx, false); /* hashed and remembered */
     expect_line(out, fx->sha, false);
