@@ -193,24 +193,24 @@ static bool cache_lookup(struct eng_image *img)
 static void cache_store(struct eng_image *img, time_t hash_started)
 {
     struct stat now;
-    if (fstat(img->fd, &now) != 0 || now.st_size != img->st.st_size ||
-        now.st_mtim.tv_sec != img->st.st_mtim.tv_sec ||
-        now.st_mtim.tv_nsec != img->st.st_mtim.tv_nsec ||
-        now.st_ctim.tv_sec != img->st.st_ctim.tv_sec ||
-        now.st_ctim.tv_nsec != img->st.st_ctim.tv_nsec)
+    char was[128], is[128];
+    format_stat(&img->st, was, sizeof(was));
+    if (fstat(img->fd, &now) != 0)
         return;
+    format_stat(&now, is, sizeof(is));
+    if (strcmp(was, is) != 0)
+        return; /* written to while it was read */
     if (now.st_ctim.tv_sec > hash_started - 2 || now.st_mtim.tv_sec > hash_started - 2)
         return;
     if (mkdir(img->hash_cache, 0700) != 0 && errno != EEXIST)
         return;
-    char path[CFG_PATH_MAX + 64], tmp[CFG_PATH_MAX + 96], st[128];
+    char path[CFG_PATH_MAX + 64], tmp[CFG_PATH_MAX + 96];
     cache_entry_path(img, path, sizeof(path));
     snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
-    format_stat(&img->st, st, sizeof(st));
     FILE *f = fopen(tmp, "we");
     if (!f)
         return;
-    int wr = fprintf(f, "%s\n%s\n%s\n", CACHE_MAGIC, st, img->sha256);
+    int wr = fprintf(f, "%s\n%s\n%s\n", CACHE_MAGIC, was, img->sha256);
     if (fclose(f) != 0 || wr < 0 || rename(tmp, path) != 0)
         unlink(tmp);
 }

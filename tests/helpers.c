@@ -615,3 +615,38 @@ bool th_header_counts(const char *s, struct th_counts *c)
     p = strstr(line, "in progress ");
     return p && sscanf(p, "in progress %u", &c->in_progress) == 1;
 }
+
+/* ---- a scratch folder per test, and the usbsim harness ---- */
+
+struct th_fx *th_fx_new(const char *prefix, unsigned alarm_s)
+{
+    struct th_fx *fx = calloc(1, sizeof(*fx));
+    assert_non_null(fx);
+    alarm(alarm_s);
+    th_tmpdir(prefix, fx->dir, sizeof(fx->dir));
+    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
+    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
+    th_path(fx->stats, sizeof(fx->stats), fx->dir, "stats.txt");
+    th_path(fx->db, sizeof(fx->db), fx->dir, "station.db");
+    return fx;
+}
+
+void th_fx_free(struct th_fx *fx)
+{
+    th_rmtree(fx->dir);
+    free(fx);
+    alarm(0);
+}
+
+int th_usbsim(struct th_fx *fx, int limit_s, const char *const *args)
+{
+    const char *argv[96];
+    int rc;
+    th_argv(argv, 96, USBSIM_BIN, args);
+    if (!th_run_for(argv, fx->out, fx->err, fx->dir, limit_s, &rc, &fx->seconds)) {
+        th_show("stdout of the harness run", fx->out);
+        th_show("stderr", fx->err);
+        fail_msg("usbsim did not exit within %d s", limit_s);
+    }
+    return rc;
+}

@@ -243,4 +243,25 @@ struct th_counts {
 };
 bool th_header_counts(const char *screen, struct th_counts *c);
 
+/* ---- a scratch folder per test, and the usbsim harness ---- */
+
+/* A test's folder under TEST_TMPDIR and the paths the harness tests use
+ * in it (only the folder is created). */
+struct th_fx {
+    char dir[256];
+    char out[300], err[300], stats[300], db[300];
+    double seconds; /* wall time of the last th_usbsim() */
+};
+
+/* A new fixture in TEST_TMPDIR/PREFIXxxxxxx with alarm(alarm_s) armed;
+ * th_fx_free() removes the folder and disarms the alarm. */
+struct th_fx *th_fx_new(const char *prefix, unsigned alarm_s);
+void th_fx_free(struct th_fx *fx);
+
+/* Run the usbsim harness with args (NULL-terminated, without argv[0]) in
+ * the fixture's folder, stdout and stderr to fx->out and fx->err. After
+ * limit_s the whole process group is killed, both files are shown and the
+ * test fails. Returns the exit status. */
+int th_usbsim(struct th_fx *fx, int limit_s, const char *const *args);
+
 #endif

@@ -34,64 +34,29 @@
 /* the demo recipe (--usb without -c): boot 1 MiB + system 4 MiB */
 #define DEMO_BYTES 5242880
 
-struct fx {
-    char dir[256];
-    char out[300], err[300], stats[300], db[300];
-    double seconds; /* wall time of the last run */
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
-    alarm(ALARM_S);
-    th_tmpdir("usbst", fx->dir, sizeof(fx->dir));
-    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
-    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
-    th_path(fx->stats, sizeof(fx->stats), fx->dir, "stats.txt");
-    th_path(fx->db, sizeof(fx->db), fx->dir, "station.db");
-    *state = fx;
+    *state = th_fx_new("usbst", ALARM_S);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
-    th_rmtree(fx->dir);
-    free(fx);
-    alarm(0);
+    th_fx_free(*state);
     return 0;
 }
 
 /* `len` pseudo-random bytes written to dir/name; returns their XXH3-64. */
-static uint64_t random_file(struct fx *fx, const char *name, size_t len)
+static uint64_t random_file(struct th_fx *fx, const char *name, size_t len)
 {
     char path[400];
     th_path(path, sizeof(path), fx->dir, name);
     return th_random_file(path, len);
 }
 
-/* Run usbsim with args (NULL-terminated); stdout and stderr go to the
- * fixture's files, the working directory is the fixture's. Kills the
- * whole process group after limit_s seconds and fails. Returns the exit
- * status (128+N if killed by signal N). */
-static int usbsim(struct fx *fx, int limit_s, const char *const *args)
-{
-    const char *argv[96];
-    int rc;
-    th_argv(argv, 96, USBSIM_BIN, args);
-    if (!th_run_for(argv, fx->out, fx->err, fx->dir, limit_s, &rc, &fx->seconds)) {
-        th_show("stdout of the harness run", fx->out);
-        th_show("stderr", fx->err);
-        fputs("---\n", stderr);
-        fail_msg("usbsim did not exit within %d s", limit_s);
-    }
-    return rc;
-}
+#define RUN(fx, limit, ...) th_usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
 
-#define RUN(fx, limit, ...) usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
-
-static void show(struct fx *fx)
+static void show(struct th_fx *fx)
 {
     th_show("stdout", fx->out);
     th_show("stderr", fx->err);
@@ -99,7 +64,7 @@ static void show(struct fx *fx)
     fputs("---\n", stderr);
 }
 
-static void expect_rc(struct fx *fx, int rc, int want)
+static void expect_rc(struct th_fx *fx, int rc, int want)
 {
     if (rc != want) {
         show(fx);
@@ -107,7 +72,7 @@ static void expect_rc(struct fx *fx, int rc, int want)
     }
 }
 
-static void expect_in(struct fx *fx, const char *file, const char *needle)
+static void expect_in(struct th_fx *fx, const char *file, const char *needle)
 {
     if (!th_file_has(file, needle)) {
         show(fx);
@@ -117,7 +82,7 @@ static void expect_in(struct fx *fx, const char *file, const char *needle)
 
 /* The first line of `file` that contains `a` (and `b`, if given), copied
  * into buf; fails if there is none. */
-static const char *line_with(struct fx *fx, const char *file, const char *a, const char *b,
+static const char *line_with(struct th_fx *fx, const char *file, const char *a, const char *b,
                              char *buf, size_t cap)
 {
     char *text = th_slurp_or_empty(file, NULL);
@@ -145,7 +110,7 @@ static const char *line_with(struct fx *fx, const char *file, const char *a, con
 /* ---- the harness's --stats file ------------------------------------ */
 
 /* The stats line of the unit on `path` (the first one plugged there). */
-static const char *stats_line(struct fx *fx, const char *path, char *buf, size_t cap)
+static const char *stats_line(struct th_fx *fx, const char *path, char *buf, size_t cap)
 {
     if (!th_stats_line(fx->stats, path, buf, cap)) {
         show(fx);
@@ -154,7 +119,7 @@ static const char *stats_line(struct fx *fx, const char *path, char *buf, size_t
     return buf;
 }
 
-static void expect_stat(struct fx *fx, const char *path, const char *needle)
+static void expect_stat(struct th_fx *fx, const char *path, const char *needle)
 {
     char line[2048];
     stats_line(fx, path, line, sizeof(line));
@@ -165,7 +130,7 @@ static void expect_stat(struct fx *fx, const char *path, const char *needle)
 }
 
 /* The value of `key=` (up to the next space) in the stats of `path`. */
-static void stat_value(struct fx *fx, const char *path, const char *key, char *buf, size_t cap)
+static void stat_value(struct th_fx *fx, const char *path, const char *key, char *buf, size_t cap)
 {
     char line[2048], k[64];
     stats_line(fx, path, line, sizeof(line));
@@ -194,7 +159,7 @@ static void col(sqlite3_stmt *st, int i, char *buf, size_t cap)
 }
 
 /* The only session recorded for port `port`. */
-static void db_session(struct fx *fx, const char *port, struct session_row *r)
+static void db_session(struct th_fx *fx, const char *port, struct session_row *r)
 {
     sqlite3 *c = th_db_open(fx->db, false);
     sqlite3_stmt *st;
@@ -228,7 +193,7 @@ static void db_session(struct fx *fx, const char *port, struct session_row *r)
     }
 }
 
-static void expect_session(struct fx *fx, const char *port, const char *result, const char *why)
+static void expect_session(struct th_fx *fx, const char *port, const char *result, const char *why)
 {
     struct session_row r;
     db_session(fx, port, &r);
@@ -252,7 +217,7 @@ static const char *const eight[8] = {"1-3", "1-2",   "1-1.4.2", "1-1.4.3",
 
 static void test_eight_devices_on_hub_paths_pass(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     /* 1-3 and 2-3.2 have serials of their own; 1-1.4.3 reports a USB
      * iSerial different from its fastboot serialno */
     int rc =
@@ -293,7 +258,7 @@ static void test_eight_devices_on_hub_paths_pass(void **state)
 
 /* ---- 2. a device unplugged in the middle of a download --------------- */
 
-static void expect_one_disconnect(struct fx *fx, const char *gone)
+static void expect_one_disconnect(struct th_fx *fx, const char *gone)
 {
     assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 8);
     assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 7);
@@ -317,7 +282,7 @@ static void expect_one_disconnect(struct fx *fx, const char *gone)
 
 static void test_unplug_during_download_fails_only_that_slot(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     /* 1-2 moves 1 MB/s: boot takes about 1 s, system about 4 s; the
      * unplug at 2.5 s lands in the system download (in the boot one if
      * the station is very slow to start: still a download) */
@@ -350,7 +315,7 @@ static void test_unplug_during_download_fails_only_that_slot(void **state)
 
 static void test_reboot_bootloader_continues_the_session(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     uint64_t h = random_file(fx, "boot.img", 300001);
     random_file(fx, "vendor.img", 70000); /* declared, not flashed */
     th_spit_in(fx->dir, "station.ini",
@@ -398,7 +363,7 @@ static int cmp_double(const void *a, const void *b)
 
 static void test_plugged_devices_start_quickly(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     static const char *const plugged[6] = {"1-2", "1-3.1", "2-1", "2-2.4.1", "3-1", "3-2"};
     int rc = RUN(fx, 60, "--stats", fx->stats, "--fastboot", "1-1", "--fastboot", "1-2:absent=1",
                  "--fastboot", "1-3.1:absent=1", "--fastboot", "2-1:absent=1", "--fastboot",
@@ -434,7 +399,7 @@ static void test_plugged_devices_start_quickly(void **state)
 
 static void test_ports_lists_paths_and_slots(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     th_spit_in(fx->dir, "t.recipe", "recipe t 1\ngetvar product\n");
     th_spit_in(fx->dir, "station.ini",
                "[station]\nid = usb-station-test\n\n"
@@ -485,7 +450,7 @@ static void test_ports_lists_paths_and_slots(void **state)
 
 static void test_faulty_devices_get_their_own_errors(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     /* 1-4 moves 1 MB/s so that its PASS (about 5 s) comes after the
      * station gave up opening 1-1 (its open retry window is 2 s) */
     int rc = RUN(fx, 60, "--stats", fx->stats, "--fastboot", "1-1:eacces=1", "--fastboot",

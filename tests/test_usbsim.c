@@ -28,59 +28,28 @@
 #define ALARM_S 120
 #define MIB (1024 * 1024)
 
-struct fx {
-    char dir[256];
-    char out[300], err[300], stats[300];
-    double seconds; /* wall time of the last run */
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
-    alarm(ALARM_S);
-    th_tmpdir("usbsim", fx->dir, sizeof(fx->dir));
-    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
-    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
-    th_path(fx->stats, sizeof(fx->stats), fx->dir, "stats.txt");
-    *state = fx;
+    *state = th_fx_new("usbsim", ALARM_S);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
-    th_rmtree(fx->dir);
-    free(fx);
-    alarm(0);
+    th_fx_free(*state);
     return 0;
 }
 
-/* Run usbsim with argv (NULL-terminated, without argv[0]); stdout and
- * stderr go to the fixture's files. Kills the whole process group after
- * limit_s seconds and fails. Returns the exit status. */
-static int usbsim(struct fx *fx, int limit_s, const char *const *args)
-{
-    const char *argv[64];
-    int rc;
-    th_argv(argv, 64, USBSIM_BIN, args);
-    if (!th_run_for(argv, fx->out, fx->err, NULL, limit_s, &rc, &fx->seconds)) {
-        th_show("stderr of the harness run", fx->err);
-        fail_msg("usbsim did not exit within %d s", limit_s);
-    }
-    return rc;
-}
+#define RUN(fx, limit, ...) th_usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
 
-#define RUN(fx, limit, ...) usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
-
-static void show(struct fx *fx)
+static void show(struct th_fx *fx)
 {
     th_show("stdout", fx->out);
     th_show("stderr", fx->err);
     fputs("---\n", stderr);
 }
 
-static void expect_in(struct fx *fx, const char *file, const char *needle)
+static void expect_in(struct th_fx *fx, const char *file, const char *needle)
 {
     if (!th_file_has(file, needle)) {
         show(fx);
@@ -92,7 +61,7 @@ static void expect_in(struct fx *fx, const char *file, const char *needle)
 
 static void test_lsusb_lists_devices_and_hub_path(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("lsusb"))
         skip();
     int rc = RUN(fx, 30, "--fastboot", "1-1", "--fastboot", "1-1.4.2", "--", "sh", "-c",
@@ -113,7 +82,7 @@ static void test_lsusb_lists_devices_and_hub_path(void **state)
 
 static void test_fastboot_devices_and_getvar(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("fastboot"))
         skip();
     int rc = RUN(fx, 30, "--fastboot", "1-1:serial=ABC123", "--fastboot", "1-1.4.2", "--",
@@ -130,7 +99,7 @@ static void test_fastboot_devices_and_getvar(void **state)
 
 static void test_fastboot_flash_and_stage_bytes_arrive(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("fastboot"))
         skip();
     char img[300], line[400], dump[400];
@@ -162,7 +131,7 @@ static void test_fastboot_flash_and_stage_bytes_arrive(void **state)
 
 static void test_fastboot_fails_when_unplugged_while_waiting(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("fastboot"))
         skip();
     char img[300];
@@ -190,7 +159,7 @@ static void test_fastboot_fails_when_unplugged_while_waiting(void **state)
 
 static void test_fastboot_reboot_bootloader_and_reboot(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("fastboot"))
         skip();
     /* reboot-bootloader: the node goes away (fastboot waits for that) and
@@ -213,7 +182,7 @@ static void test_fastboot_reboot_bootloader_and_reboot(void **state)
 
 static void test_fastboot_flash_32mib_speed(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("fastboot"))
         skip();
     char img[300], line[400];
@@ -241,7 +210,7 @@ static void test_fastboot_flash_32mib_speed(void **state)
 
 static void test_probe_port_paths_serials_and_replies(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     int rc = RUN(fx, 30, "--fastboot", "1-1", "--fastboot", "1-1.4.2", "--fastboot",
                  "2-3.1:serial=XYZ,pid=4ee7", "--", USBPROBE_BIN);
     if (rc != 0)
@@ -258,7 +227,7 @@ static void test_probe_port_paths_serials_and_replies(void **state)
 
 static void test_probe_async_downloads_on_four_devices(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     int rc = RUN(fx, 60, "--stats", fx->stats, "--fastboot", "1-1", "--fastboot", "1-2",
                  "--fastboot", "1-3.1", "--fastboot", "2-1", "--", USBPROBE_BIN, "--download", "16",
                  "--inflight", "3");
@@ -280,7 +249,7 @@ static void test_probe_async_downloads_on_four_devices(void **state)
 
 static void test_probe_cancel_then_clean_reply(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     int rc = RUN(fx, 30, "--fastboot", "1-1", "--fastboot", "1-2", "--", USBPROBE_BIN, "--cancel");
     if (rc != 0)
         show(fx);
@@ -292,7 +261,7 @@ static void test_probe_cancel_then_clean_reply(void **state)
 
 static void test_probe_unplug_ends_pending_transfers(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     int rc = RUN(fx, 30, "--fastboot", "1-1", "--fastboot", "1-2", "--unplug", "1-2@600",
                  "--unplug", "1-1@900", "--", USBPROBE_BIN, "--wait-gone");
     if (rc != 0)
@@ -306,7 +275,7 @@ static void test_probe_unplug_ends_pending_transfers(void **state)
 
 static void test_probe_hotplug_and_fresh_units(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     int rc = RUN(fx, 30, "--stats", fx->stats, "--fastboot", "1-1", "--fastboot", "1-2:absent=1",
                  "--unplug", "1-1@600", "--plug", "1-2@800", "--plug", "1-1@1000", "--",
                  USBPROBE_BIN, "--hotplug", "1800");
@@ -326,7 +295,7 @@ static void test_probe_hotplug_and_fresh_units(void **state)
 
 static void test_probe_reboot_bootloader_reenumerates(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     int rc = RUN(fx, 30, "--stats", fx->stats, "--fastboot", "1-5.3", "--fastboot",
                  "1-1:pid=d00d,pid2=d00e", "--", USBPROBE_BIN, "--reenum");
     if (rc != 0)
@@ -339,7 +308,7 @@ static void test_probe_reboot_bootloader_reenumerates(void **state)
 
 static void test_probe_open_descriptor_and_control_faults(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     int rc = RUN(fx, 30, "--fastboot", "1-1:eacces=1", "--fastboot", "1-2:baddesc=1", "--fastboot",
                  "1-3:stallctl=1", "--fastboot", "1-4", "--", USBPROBE_BIN);
     assert_int_equal(rc, 1); /* some devices failed */
@@ -351,7 +320,7 @@ static void test_probe_open_descriptor_and_control_faults(void **state)
 
 static void test_probe_kernel_driver_and_usbfs_memory(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     char script[600];
     /* A bound kernel driver: a plain claim is EBUSY, libusb's automatic
      * detach (DISCONNECT_CLAIM) gets the interface. */
@@ -378,7 +347,7 @@ static void test_probe_kernel_driver_and_usbfs_memory(void **state)
 
 static void test_stale_reply_of_a_vanished_client_is_dropped(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     char script[600];
     /* The first client sends a command and leaves without reading the
      * reply; the next client must get its own answer, not that one. */
@@ -393,7 +362,7 @@ static void test_stale_reply_of_a_vanished_client_is_dropped(void **state)
 
 static void test_harness_exit_codes(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     assert_int_equal(RUN(fx, 20, "--fastboot", "1-1", "--", "sh", "-c", "exit 7"), 7);
     assert_int_equal(RUN(fx, 20, "--fastboot", "1-x", "--", "true"), 125);
     expect_in(fx, fx->err, "port path");

@@ -32,61 +32,28 @@
 
 #define ALARM_S 120
 
-struct fx {
-    char dir[256];
-    char out[300], err[300], stats[300], db[300];
-    double seconds; /* wall time of the last run */
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
-    alarm(ALARM_S);
-    th_tmpdir("usbdfu", fx->dir, sizeof(fx->dir));
-    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
-    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
-    th_path(fx->stats, sizeof(fx->stats), fx->dir, "stats.txt");
-    th_path(fx->db, sizeof(fx->db), fx->dir, "station.db");
-    *state = fx;
+    *state = th_fx_new("usbdfu", ALARM_S);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
-    th_rmtree(fx->dir);
-    free(fx);
-    alarm(0);
+    th_fx_free(*state);
     return 0;
 }
 
-/* Run usbsim with args (NULL-terminated); stdout and stderr go to the
- * fixture's files, the working directory is the fixture's. Kills the
- * whole process group after limit_s seconds and fails. Returns the exit
- * status. */
-static int usbsim(struct fx *fx, int limit_s, const char *const *args)
-{
-    const char *argv[96];
-    int rc;
-    th_argv(argv, 96, USBSIM_BIN, args);
-    if (!th_run_for(argv, fx->out, fx->err, fx->dir, limit_s, &rc, &fx->seconds)) {
-        th_show("stderr of the harness run", fx->err);
-        fail_msg("usbsim did not exit within %d s", limit_s);
-    }
-    return rc;
-}
+#define RUN(fx, limit, ...) th_usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
 
-#define RUN(fx, limit, ...) usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
-
-static void show(struct fx *fx)
+static void show(struct th_fx *fx)
 {
     th_show("stdout", fx->out);
     th_show("stderr", fx->err);
     fputs("---\n", stderr);
 }
 
-static void expect_in(struct fx *fx, const char *file, const char *needle)
+static void expect_in(struct th_fx *fx, const char *file, const char *needle)
 {
     if (!th_file_has(file, needle)) {
         show(fx);
@@ -96,7 +63,7 @@ static void expect_in(struct fx *fx, const char *file, const char *needle)
 }
 
 /* The stats line of the unit on `path` (first one), copied into buf. */
-static const char *stats_line(struct fx *fx, const char *path, char *buf, size_t cap)
+static const char *stats_line(struct th_fx *fx, const char *path, char *buf, size_t cap)
 {
     if (!th_stats_line(fx->stats, path, buf, cap)) {
         show(fx);
@@ -106,7 +73,7 @@ static const char *stats_line(struct fx *fx, const char *path, char *buf, size_t
     return buf;
 }
 
-static void expect_stat(struct fx *fx, const char *path, const char *needle)
+static void expect_stat(struct th_fx *fx, const char *path, const char *needle)
 {
     char line[1024];
     stats_line(fx, path, line, sizeof(line));
@@ -117,7 +84,7 @@ static void expect_stat(struct fx *fx, const char *path, const char *needle)
 }
 
 /* `len` random bytes written to dir/name; returns its XXH3-64. */
-static uint64_t random_file(struct fx *fx, const char *name, size_t len)
+static uint64_t random_file(struct th_fx *fx, const char *name, size_t len)
 {
     char path[400];
     th_path(path, sizeof(path), fx->dir, name);
@@ -125,7 +92,7 @@ static uint64_t random_file(struct fx *fx, const char *name, size_t len)
 }
 
 /* A copy of dir/bin with a DFU suffix for VID:PID (dfu-suffix -a). */
-static void suffixed(struct fx *fx, const char *bin, const char *dfu, const char *vid,
+static void suffixed(struct th_fx *fx, const char *bin, const char *dfu, const char *vid,
                      const char *pid)
 {
     th_sh_ok("cd '%s' && cp '%s' '%s' && dfu-suffix -a '%s' -v %s -p %s >/dev/null", fx->dir, bin,
@@ -133,7 +100,7 @@ static void suffixed(struct fx *fx, const char *bin, const char *dfu, const char
 }
 
 /* The first `len` bytes of two files are equal, and `a` has exactly `len`. */
-static void expect_same_prefix(struct fx *fx, const char *a, const char *b, size_t len)
+static void expect_same_prefix(struct th_fx *fx, const char *a, const char *b, size_t len)
 {
     char pa[400], pb[400];
     th_path(pa, sizeof(pa), fx->dir, a);
@@ -150,7 +117,7 @@ static void expect_same_prefix(struct fx *fx, const char *a, const char *b, size
 /* ---- the database --------------------------------------------------- */
 
 /* The session recorded for port `port`: result and reason. */
-static void db_session(struct fx *fx, const char *port, char *result, size_t rcap, char *reason,
+static void db_session(struct th_fx *fx, const char *port, char *result, size_t rcap, char *reason,
                        size_t why_cap)
 {
     sqlite3 *c = th_db_open(fx->db, false);
@@ -173,7 +140,7 @@ static void db_session(struct fx *fx, const char *port, char *result, size_t rca
     sqlite3_close(c);
 }
 
-static void expect_session(struct fx *fx, const char *port, const char *result, const char *why)
+static void expect_session(struct th_fx *fx, const char *port, const char *result, const char *why)
 {
     char r[32], reason[512];
     db_session(fx, port, r, sizeof(r), reason, sizeof(reason));
@@ -185,7 +152,7 @@ static void expect_session(struct fx *fx, const char *port, const char *result, 
 }
 
 /* station.ini: a [station] section, then `body` (the profiles). */
-static void write_config(struct fx *fx, const char *ini, const char *body)
+static void write_config(struct th_fx *fx, const char *ini, const char *body)
 {
     char text[4096];
     snprintf(text, sizeof(text), "[station]\nid = usbsim-dfu\nui = headless\n\n%s", body);
@@ -196,7 +163,7 @@ static void write_config(struct fx *fx, const char *ini, const char *body)
 
 static void test_dfu_util_lists_devices_and_alt_settings(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("dfu-util"))
         skip();
     int rc =
@@ -219,7 +186,7 @@ static void test_dfu_util_lists_devices_and_alt_settings(void **state)
 
 static void test_dfu_util_download_then_upload_same_bytes(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("dfu-util") || !th_have("dfu-suffix"))
         skip();
     /* not a multiple of the 512-byte transfer size */
@@ -252,7 +219,7 @@ static void test_dfu_util_download_then_upload_same_bytes(void **state)
 
 static void test_dfu_util_detaches_a_runtime_device_and_downloads(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("dfu-util") || !th_have("dfu-suffix"))
         skip();
     const size_t len = 30000;
@@ -277,7 +244,7 @@ static void test_dfu_util_detaches_a_runtime_device_and_downloads(void **state)
 
 static void test_dfu_util_dfuse_download_and_leave(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("dfu-util"))
         skip();
     const size_t len = 70000; /* five 16 KiB pages */
@@ -301,7 +268,7 @@ static void test_dfu_util_dfuse_download_and_leave(void **state)
 
 static void test_dfu_util_sees_the_write_fault(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("dfu-util") || !th_have("dfu-suffix"))
         skip();
     random_file(fx, "fw.bin", 20000);
@@ -333,7 +300,7 @@ static const char board_recipe[] = "recipe usbsim-board 1.0\n"
 
 static void test_station_flashes_eight_dfu_devices(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("dfu-suffix"))
         skip();
     const size_t len = 50000;
@@ -376,7 +343,7 @@ static void test_station_flashes_eight_dfu_devices(void **state)
 
 static void test_station_dfu_faults_fail_only_their_slot(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("dfu-suffix"))
         skip();
     random_file(fx, "fw.bin", 50000); /* 49 blocks of 1024 */
@@ -406,7 +373,7 @@ static void test_station_dfu_faults_fail_only_their_slot(void **state)
 
 static void test_station_dfuse_file_on_runtime_and_dfu_mode_devices(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("dfuse-pack") || !th_have("dfu-suffix"))
         skip();
     const size_t len = 100000;
@@ -449,7 +416,7 @@ static void test_station_dfuse_file_on_runtime_and_dfu_mode_devices(void **state
 
 static void test_harness_dfu_options(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1:bogus=1", "--", "true"), 125);
     expect_in(fx, fx->err, "unknown or bad option 'bogus=1'");
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1:stall=nothing", "--", "true"), 125);

@@ -151,9 +151,10 @@ static int plug_new_dfu_unit(struct eng_rack *rack, struct pos *p)
     return attach(rack, u);
 }
 
-const char *const eng_rack_random_faults[] = {
+/* The faults fault_percent hands out, in turn. */
+static const char *const random_faults[] = {
     "fail=flash:system",       "disconnect=524288", "garbage=getvar:serialno",
-    "oversize=getvar:product", "silent=flash:boot", NULL,
+    "oversize=getvar:product", "silent=flash:boot",
 };
 
 /* fault_percent: whether unit number `unit` (1-based, rack-wide) gets a
@@ -189,10 +190,8 @@ static int plug_new_unit(struct eng_rack *rack, struct pos *p)
             if (eng_vfb_parse_fault(&cfg, p->faults[i]) != 0)
                 return ST_EINVAL;
     if (rack->opts.fault_percent > 0 && draws_fault(rack, rack->plugged + 1)) {
-        unsigned kinds = 0;
-        while (eng_rack_random_faults[kinds])
-            kinds++;
-        if (eng_vfb_parse_fault(&cfg, eng_rack_random_faults[rack->random_faults++ % kinds]) != 0)
+        unsigned kinds = sizeof(random_faults) / sizeof(random_faults[0]);
+        if (eng_vfb_parse_fault(&cfg, random_faults[rack->random_faults++ % kinds]) != 0)
             return ST_EINVAL;
     }
     struct unit *u = calloc(1, sizeof(*u));

@@ -48,7 +48,9 @@ struct eng_rack_options {
     uint32_t seed;             /* serial numbers */
     unsigned profile;          /* engine profile of the rack's devices */
     double fault_percent;      /* 0..100: this share of fastboot units, picked from the
-                                  seed, each get one fault (eng_rack_random_faults) */
+                                  seed, each get one fault: a write refused, a
+                                  pull mid-download, a garbage or oversized reply,
+                                  silence (in turn) */
     unsigned flap_position;    /* a loose connector: every unit plugged here is pulled
                                   flap_ms after it arrived, then a fresh one follows;
                                   0 = none */
@@ -67,11 +69,6 @@ int eng_rack_new(uv_loop_t *loop, struct eng_engine *eng, const struct eng_rack_
  * eng_vdfu_parse_fault() for a DFU rack. */
 int eng_rack_add_fault(struct eng_rack *rack, unsigned position, const char *spec);
 int eng_rack_add_fault_spec(struct eng_rack *rack, const char *spec);
-
-/* The faults `fault_percent` draws from, in turn: a write refused, a
- * device pulled during its first download, a garbage reply, an oversized
- * reply, a device that stops answering. NULL-terminated. */
-extern const char *const eng_rack_random_faults[];
 
 int eng_rack_start(struct eng_rack *rack);
 
