@@ -196,6 +196,31 @@ static void collect(struct result *r, struct proc *ps, int n)
     }
 }
 
+/* `mib` MiB of the xorshift sequence at *x into path, on disk before it
+ * returns: pages of a file not yet written back count as Private_Dirty. */
+static void write_random(const char *path, unsigned mib, uint64_t *x)
+{
+    FILE *f = fopen(path, "wb");
+    uint64_t *chunk = malloc(1u << 20);
+    if (!f || !chunk) {
+        fprintf(stderr, "bench_tcp: cannot write %s\n", path);
+        exit(1);
+    }
+    for (unsigned m = 0; m < mib; m++) {
+        for (size_t i = 0; i < (1u << 20) / 8; i++) {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            chunk[i] = *x;
+        }
+        fwrite(chunk, 1, 1u << 20, f);
+    }
+    free(chunk);
+    fflush(f);
+    fsync(fileno(f));
+    fclose(f);
+}
+
 int main(int argc, char **argv)
 {
     unsigned devices = argc > 1 ? (unsigned)atoi(argv[1]) : 16;
@@ -225,36 +250,10 @@ int main(int argc, char **argv)
     snprintf(db, sizeof(db), "%s/bench.db", dir);
     snprintf(out, sizeof(out), "%s/out.txt", dir);
 
-    /* the image: xorshift bytes, no zero or fill blocks */
-    FILE *f = fopen(image, "wb");
+    /* the images: xorshift bytes, no zero or fill blocks */
     uint64_t x = 0x9e3779b97f4a7c15ull;
-    uint64_t *chunk = malloc(1u << 20);
-    for (unsigned m = 0; m < mib; m++) {
-        for (size_t i = 0; i < (1u << 20) / 8; i++) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk[i] = x;
-        }
-        fwrite(chunk, 1, 1u << 20, f);
-    }
-    fflush(f);
-    fsync(fileno(f));
-    fclose(f);
-    /* the boot image: 1 MiB more of the same sequence */
-    f = fopen(boot, "wb");
-    for (size_t i = 0; i < (1u << 20) / 8; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk[i] = x;
-    }
-    fwrite(chunk, 1, 1u << 20, f);
-    free(chunk);
-    /* written back: pages of a file not yet on disk count as Private_Dirty */
-    fflush(f);
-    fsync(fileno(f));
-    fclose(f);
+    write_random(image, mib, &x);
+    write_random(boot, 1, &x);
     /* both runs read it from the page cache */
     char warm[700];
     snprintf(warm, sizeof(warm), "cat '%s' '%s' > /dev/null", image, boot);
