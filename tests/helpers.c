@@ -650,3 +650,22 @@ int th_usbsim(struct th_fx *fx, int limit_s, const char *const *args)
     }
     return rc;
 }
+
+void th_fx_show(const struct th_fx *fx)
+{
+    th_show("stdout", fx->out);
+    th_show("stderr", fx->err);
+    if (access(fx->stats, F_OK) == 0)
+        th_show("stats", fx->stats);
+    fputs("---\n", stderr);
+}
+
+void th_fx_expect_in(const struct th_fx *fx, const char *file, const char *needle)
+{
+    if (!th_file_has(file, needle)) {
+        th_fx_show(fx);
+        if (strcmp(file, fx->out) && strcmp(file, fx->err) && strcmp(file, fx->stats))
+            th_show(file, file);
+        fail_msg("expected \"%s\" in %s", needle, file);
+    }
+}

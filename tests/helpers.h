@@ -264,4 +264,10 @@ void th_fx_free(struct th_fx *fx);
  * test fails. Returns the exit status. */
 int th_usbsim(struct th_fx *fx, int limit_s, const char *const *args);
 
+/* Show the fixture's stdout, stderr and (when there is one) stats files. */
+void th_fx_show(const struct th_fx *fx);
+
+/* Fail, after th_fx_show() and the file itself, unless `needle` is in it. */
+void th_fx_expect_in(const struct th_fx *fx, const char *file, const char *needle);
+
 #endif

@@ -58,27 +58,15 @@
 /* Growth of the station's anonymous memory that counts as unbounded. */
 #define ANON_BOUND_KB (64 * 1024)
 
-struct fx {
-    char dir[256], db[300], out[300], err[300];
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
-    th_tmpdir("flood", fx->dir, sizeof(fx->dir));
-    th_path(fx->db, sizeof(fx->db), fx->dir, "t.db");
-    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
-    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
-    *state = fx;
+    *state = th_fx_new("flood", 0);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
-    th_rmtree(fx->dir);
-    free(fx);
+    th_fx_free(*state);
     return 0;
 }
 
@@ -169,7 +157,7 @@ static unsigned durations(const char *db, const char *where, double *median, dou
     return n;
 }
 
-static void show(struct fx *fx)
+static void show(struct th_fx *fx)
 {
     th_show("stderr", fx->err);
 }
@@ -360,7 +348,7 @@ static void flood_dev_start(struct flood_dev *d)
 
 static void test_info_flood_starves_nobody(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     struct flood_dev dev;
     flood_dev_start(&dev);
     char tcp[64];
@@ -468,7 +456,7 @@ static void test_info_flood_starves_nobody(void **state)
 
 static void test_hotplug_burst_starves_nobody(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     /* position 8 flaps; 3000 units in all, most of them on position 8 */
     const char *argv[] = {STATION_BIN,   "run",    "--simulate",   "8",    "--flap",     "8:2",
                           "--replug-ms", "2",      "--exit-after", "3000", "--headless", "--db",

@@ -23,36 +23,22 @@
 #include "engine/image.h"
 #include "helpers.h"
 
-struct fx {
-    char dir[256];
-    char db[300];
-    char out[300];
-    char err[300];
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof(*fx));
-    th_tmpdir("run", fx->dir, sizeof(fx->dir));
-    th_path(fx->db, sizeof(fx->db), fx->dir, "t.db");
-    th_path(fx->out, sizeof(fx->out), fx->dir, "out.txt");
-    th_path(fx->err, sizeof(fx->err), fx->dir, "err.txt");
-    *state = fx;
+    *state = th_fx_new("run", 0);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
-    th_rmtree(fx->dir);
-    free(fx);
+    th_fx_free(*state);
     return 0;
 }
 
 /* Start the station with argv (NULL-terminated, without argv[0]), behind
  * `wrapper` ("valgrind --flag ...", split on spaces) if given; stdout and
  * stderr go to the fixture's files. Returns the pid. */
-static pid_t spawn(struct fx *fx, const char *wrapper, char *const args[])
+static pid_t spawn(struct th_fx *fx, const char *wrapper, char *const args[])
 {
     const char *argv[64];
     char buf[512];
@@ -66,12 +52,12 @@ static pid_t spawn(struct fx *fx, const char *wrapper, char *const args[])
     return th_spawn(argv, fx->out, fx->err, NULL);
 }
 
-static int run(struct fx *fx, int limit_s, char *const args[])
+static int run(struct th_fx *fx, int limit_s, char *const args[])
 {
     return th_wait_exit(spawn(fx, NULL, args), limit_s, "station");
 }
 
-static sqlite3 *db_peek(struct fx *fx)
+static sqlite3 *db_peek(struct th_fx *fx)
 {
     return th_db_open(fx->db, false);
 }
@@ -86,7 +72,7 @@ static void demo_sha256(uint64_t size, uint32_t seed, char hex[65])
 
 static void test_sixteen_pass_in_parallel(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     char *args[] = {"run", "--simulate", "16",   "--headless", "--exit-after",
                     "16",  "--db",       fx->db, NULL};
     assert_int_equal(run(fx, 120, args), 0);
@@ -131,7 +117,7 @@ static void test_sixteen_pass_in_parallel(void **state)
 
 static void test_three_faults_fail_only_their_sessions(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     char *args[] = {"run",
                     "--simulate",
                     "16",
@@ -179,7 +165,7 @@ static void test_wrong_product_is_never_written(void **state)
 {
     /* The getvar product check runs before any download: a FAIL on
      * "download" would show if the station had sent one. */
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     char *args[] = {"run",    "--simulate", "2",       "--exit-after",          "2", "--db", fx->db,
                     "--pace", "0",          "--fault", "2:fail=getvar:product", NULL};
     assert_int_equal(run(fx, 60, args), 1);
@@ -191,7 +177,7 @@ static void test_wrong_product_is_never_written(void **state)
     sqlite3_close(c);
 }
 
-static void expect_usage_error(struct fx *fx, char *const args[], const char *needle)
+static void expect_usage_error(struct th_fx *fx, char *const args[], const char *needle)
 {
     assert_int_equal(run(fx, 30, args), 2);
     char *err = th_slurp(fx->err, NULL);
@@ -202,7 +188,7 @@ static void expect_usage_error(struct fx *fx, char *const args[], const char *ne
 
 static void test_bad_input_exits_2(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     char *a1[] = {"run", "--simulate", "2", "--bogus", NULL};
     expect_usage_error(fx, a1, "--bogus");
     char *a2[] = {"run", "--simulate", "two", NULL};
@@ -230,7 +216,7 @@ static void test_bad_input_exits_2(void **state)
 
 static void test_image_file_is_flashed_and_hashed(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     char path[400], arg[420];
     snprintf(path, sizeof(path), "%s/boot.img", fx->dir);
     FILE *f = fopen(path, "wb");
@@ -251,7 +237,7 @@ static void test_image_file_is_flashed_and_hashed(void **state)
 
 static void test_sigterm_records_aborted_and_crash_is_recovered(void **state)
 {
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     /* slow devices, so sessions are in flight when the signal comes */
     char *args[] = {"run", "--simulate", "4", "--db", fx->db, "--pace", "1", NULL};
     pid_t pid = spawn(fx, NULL, args);
@@ -293,7 +279,7 @@ static void test_clean_under_valgrind(void **state)
 #ifdef STATION_SANITIZED
     skip();
 #else
-    struct fx *fx = *state;
+    struct th_fx *fx = *state;
     if (!th_have("valgrind")) {
         fail_msg("valgrind is not installed (scripts/setup.sh installs it)");
     }

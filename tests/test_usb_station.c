@@ -56,27 +56,11 @@ static uint64_t random_file(struct th_fx *fx, const char *name, size_t len)
 
 #define RUN(fx, limit, ...) th_usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
 
-static void show(struct th_fx *fx)
-{
-    th_show("stdout", fx->out);
-    th_show("stderr", fx->err);
-    th_show("stats", fx->stats);
-    fputs("---\n", stderr);
-}
-
 static void expect_rc(struct th_fx *fx, int rc, int want)
 {
     if (rc != want) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("exit status %d, expected %d", rc, want);
-    }
-}
-
-static void expect_in(struct th_fx *fx, const char *file, const char *needle)
-{
-    if (!th_file_has(file, needle)) {
-        show(fx);
-        fail_msg("expected \"%s\" in %s", needle, file);
     }
 }
 
@@ -101,7 +85,7 @@ static const char *line_with(struct th_fx *fx, const char *file, const char *a, 
         line += n + (save ? 1 : 0);
     }
     free(text);
-    show(fx);
+    th_fx_show(fx);
     fail_msg("no line with \"%s\"%s%s%s in %s", a, b ? " and \"" : "", b ? b : "", b ? "\"" : "",
              file);
     return NULL;
@@ -113,7 +97,7 @@ static const char *line_with(struct th_fx *fx, const char *file, const char *a, 
 static const char *stats_line(struct th_fx *fx, const char *path, char *buf, size_t cap)
 {
     if (!th_stats_line(fx->stats, path, buf, cap)) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("no stats line for %s", path);
     }
     return buf;
@@ -124,7 +108,7 @@ static void expect_stat(struct th_fx *fx, const char *path, const char *needle)
     char line[2048];
     stats_line(fx, path, line, sizeof(line));
     if (!strstr(line, needle)) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("expected \"%s\" in the stats of %s: %s", needle, path, line);
     }
 }
@@ -137,7 +121,7 @@ static void stat_value(struct th_fx *fx, const char *path, const char *key, char
     snprintf(k, sizeof(k), " %s=", key);
     const char *p = strstr(line, k);
     if (!p) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("no %s in the stats of %s: %s", key, path, line);
     }
     p += strlen(k);
@@ -172,7 +156,7 @@ static void db_session(struct th_fx *fx, const char *port, struct session_row *r
     if (sqlite3_step(st) != SQLITE_ROW) {
         sqlite3_finalize(st);
         sqlite3_close(c);
-        show(fx);
+        th_fx_show(fx);
         fail_msg("no session recorded for port %s", port);
     }
     memset(r, 0, sizeof(*r));
@@ -188,7 +172,7 @@ static void db_session(struct th_fx *fx, const char *port, struct session_row *r
     sqlite3_finalize(st);
     sqlite3_close(c);
     if (more) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("more than one session recorded for port %s", port);
     }
 }
@@ -198,7 +182,7 @@ static void expect_session(struct th_fx *fx, const char *port, const char *resul
     struct session_row r;
     db_session(fx, port, &r);
     if (strcmp(r.result, result) != 0 || (why && !strstr(r.reason, why))) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("%s: expected %s \"%s\", recorded %s \"%s\"", port, result, why ? why : "",
                  r.result, r.reason);
     }
@@ -270,7 +254,7 @@ static void expect_one_disconnect(struct th_fx *fx, const char *gone)
     expect_session(fx, gone, "FAIL", "disconnected");
     /* it left in a data step: flash:boot or flash:system */
     if (strncmp(r.failed_step, "flash:", 6) != 0) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("%s failed in \"%s\", expected a flash step", gone, r.failed_step);
     }
     char bytes[32];
@@ -293,7 +277,7 @@ static void test_unplug_during_download_fails_only_that_slot(void **state)
             STATION_BIN, "run", "--usb", "--exit-after", "8", "--db", fx->db, "--headless");
     expect_rc(fx, rc, 1); /* a session failed */
     expect_one_disconnect(fx, "1-2");
-    expect_in(fx, fx->out, "1-2 left");
+    th_fx_expect_in(fx, fx->out, "1-2 left");
 
     /* the same with the device model's own fault: the transfer crossing
      * 3000000 bytes (inside system, after boot's 1048576) ends with
@@ -390,7 +374,7 @@ static void test_plugged_devices_start_quickly(void **state)
     /* the 100 ms target is measured by bench/bench_usb; here only a bound
      * no loaded machine should reach */
     if (max >= 1000.0) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("a plugged device waited %.1f ms for its first command", max);
     }
 }
@@ -428,17 +412,17 @@ static void test_ports_lists_paths_and_slots(void **state)
         }
         free(text);
         if (!found) {
-            show(fx);
+            th_fx_show(fx);
             fail_msg("no line for %s", want[i][0]);
         }
         const char *needles[] = {"18d1:4ee0", "FF/42/03", want[i][1], want[i][2], "phone"};
         for (size_t k = 0; k < sizeof(needles) / sizeof(needles[0]); k++)
             if (!strstr(line, needles[k])) {
-                show(fx);
+                th_fx_show(fx);
                 fail_msg("expected \"%s\" in the line of %s: %s", needles[k], want[i][0], line);
             }
     }
-    expect_in(fx, fx->out, "SLOT");
+    th_fx_expect_in(fx, fx->out, "SLOT");
     /* the hubs themselves are left out */
     char *text = th_slurp_or_empty(fx->out, NULL);
     assert_null(strstr(text, "05e3:0608"));

@@ -46,27 +46,11 @@ static int teardown(void **state)
 
 #define RUN(fx, limit, ...) th_usbsim((fx), (limit), (const char *const[]){__VA_ARGS__, NULL})
 
-static void show(struct th_fx *fx)
-{
-    th_show("stdout", fx->out);
-    th_show("stderr", fx->err);
-    fputs("---\n", stderr);
-}
-
-static void expect_in(struct th_fx *fx, const char *file, const char *needle)
-{
-    if (!th_file_has(file, needle)) {
-        show(fx);
-        th_show(file, file);
-        fail_msg("expected \"%s\" in %s", needle, file);
-    }
-}
-
 /* The stats line of the unit on `path` (first one), copied into buf. */
 static const char *stats_line(struct th_fx *fx, const char *path, char *buf, size_t cap)
 {
     if (!th_stats_line(fx->stats, path, buf, cap)) {
-        show(fx);
+        th_fx_show(fx);
         th_show("stats", fx->stats);
         fail_msg("no stats line for %s", path);
     }
@@ -78,7 +62,7 @@ static void expect_stat(struct th_fx *fx, const char *path, const char *needle)
     char line[1024];
     stats_line(fx, path, line, sizeof(line));
     if (!strstr(line, needle)) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("expected \"%s\" in the stats of %s: %s", needle, path, line);
     }
 }
@@ -131,7 +115,7 @@ static void db_session(struct th_fx *fx, const char *port, char *result, size_t 
     if (sqlite3_step(st) != SQLITE_ROW) {
         sqlite3_finalize(st);
         sqlite3_close(c);
-        show(fx);
+        th_fx_show(fx);
         fail_msg("no session recorded for %s", port);
     }
     snprintf(result, rcap, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -145,7 +129,7 @@ static void expect_session(struct th_fx *fx, const char *port, const char *resul
     char r[32], reason[512];
     db_session(fx, port, r, sizeof(r), reason, sizeof(reason));
     if (strcmp(r, result) != 0 || (why && !strstr(reason, why))) {
-        show(fx);
+        th_fx_show(fx);
         fail_msg("%s: expected %s \"%s\", recorded %s \"%s\"", port, result, why ? why : "", r,
                  reason);
     }
@@ -170,18 +154,19 @@ static void test_dfu_util_lists_devices_and_alt_settings(void **state)
         RUN(fx, 30, "--dfu", "1-1:alt=Flash#65536,alt=Option bytes#16", "--dfu",
             "1-4.2:dfuse=1,pid=df12", "--dfu", "2-3:runtime=1,serial=RT42", "--", "dfu-util", "-l");
     if (rc != 0)
-        show(fx);
+        th_fx_show(fx);
     assert_int_equal(rc, 0);
-    expect_in(fx, fx->out, "Found DFU: [0483:df11] ver=2200, devnum=");
-    expect_in(fx, fx->out, "cfg=1, intf=0, path=\"1-1\", alt=0, name=\"Flash\", serial=\"SIM1_1\"");
-    expect_in(fx, fx->out, "path=\"1-1\", alt=1, name=\"Option bytes\", serial=\"SIM1_1\"");
-    expect_in(fx, fx->out, "Found DFU: [0483:df12] ver=2200, devnum=");
-    expect_in(fx, fx->out,
-              "cfg=1, intf=0, path=\"1-4.2\", alt=0, "
-              "name=\"@Internal Flash  /0x08000000/04*016Kg,01*064Kg,07*128Kg\", "
-              "serial=\"SIM1_4_2\"");
-    expect_in(fx, fx->out, "Found Runtime: [0483:5740]");
-    expect_in(fx, fx->out, "path=\"2-3\", alt=0, name=\"UNKNOWN\", serial=\"RT42\"");
+    th_fx_expect_in(fx, fx->out, "Found DFU: [0483:df11] ver=2200, devnum=");
+    th_fx_expect_in(fx, fx->out,
+                    "cfg=1, intf=0, path=\"1-1\", alt=0, name=\"Flash\", serial=\"SIM1_1\"");
+    th_fx_expect_in(fx, fx->out, "path=\"1-1\", alt=1, name=\"Option bytes\", serial=\"SIM1_1\"");
+    th_fx_expect_in(fx, fx->out, "Found DFU: [0483:df12] ver=2200, devnum=");
+    th_fx_expect_in(fx, fx->out,
+                    "cfg=1, intf=0, path=\"1-4.2\", alt=0, "
+                    "name=\"@Internal Flash  /0x08000000/04*016Kg,01*064Kg,07*128Kg\", "
+                    "serial=\"SIM1_4_2\"");
+    th_fx_expect_in(fx, fx->out, "Found Runtime: [0483:5740]");
+    th_fx_expect_in(fx, fx->out, "path=\"2-3\", alt=0, name=\"UNKNOWN\", serial=\"RT42\"");
 }
 
 static void test_dfu_util_download_then_upload_same_bytes(void **state)
@@ -197,12 +182,12 @@ static void test_dfu_util_download_then_upload_same_bytes(void **state)
     int rc = RUN(fx, 60, "--stats", fx->stats, "--dfu", "1-1:transfer=512,size=256K,keep=1", "--",
                  "sh", "-c", "dfu-util -a 0 -D fw.dfu && dfu-util -a 0 -U out.bin");
     if (rc != 0)
-        show(fx);
+        th_fx_show(fx);
     assert_int_equal(rc, 0);
-    expect_in(fx, fx->out, "Device returned transfer size 512");
-    expect_in(fx, fx->out, "Done!");
+    th_fx_expect_in(fx, fx->out, "Device returned transfer size 512");
+    th_fx_expect_in(fx, fx->out, "Done!");
     snprintf(want, sizeof(want), "Received a total of %zu bytes", len);
-    expect_in(fx, fx->out, want);
+    th_fx_expect_in(fx, fx->out, want);
     /* the model's memory holds the payload (not the suffix), and the
      * upload read back exactly it */
     snprintf(want, sizeof(want), "alt0=%zu:%016" PRIx64, len, h);
@@ -230,11 +215,11 @@ static void test_dfu_util_detaches_a_runtime_device_and_downloads(void **state)
     int rc = RUN(fx, 60, "--stats", fx->stats, "--dfu", "1-4.2:runtime=1,keep=1", "--", "sh", "-c",
                  "dfu-util -E 1 -d 0483:5740,0483:df11 -a 0 -D fw.dfu && lsusb");
     if (rc != 0)
-        show(fx);
+        th_fx_show(fx);
     assert_int_equal(rc, 0);
-    expect_in(fx, fx->out, "Device really in Run-Time Mode, send DFU detach request");
-    expect_in(fx, fx->out, "Done!");
-    expect_in(fx, fx->out, "ID 0483:df11"); /* back on 1-4.2 in DFU mode */
+    th_fx_expect_in(fx, fx->out, "Device really in Run-Time Mode, send DFU detach request");
+    th_fx_expect_in(fx, fx->out, "Done!");
+    th_fx_expect_in(fx, fx->out, "ID 0483:df11"); /* back on 1-4.2 in DFU mode */
     snprintf(want, sizeof(want), "alt0=%zu:%016" PRIx64, len, h);
     expect_stat(fx, "1-4.2", want);
     expect_stat(fx, "1-4.2", "dfu mode=2 ");
@@ -252,12 +237,12 @@ static void test_dfu_util_dfuse_download_and_leave(void **state)
     int rc = RUN(fx, 60, "--stats", fx->stats, "--dfu", "1-1:dfuse=1,keep=1", "--", "sh", "-c",
                  "dfu-util -a 0 -s 0x08000000:leave -D fw.bin && sleep 0.6");
     if (rc != 0)
-        show(fx);
+        th_fx_show(fx);
     assert_int_equal(rc, 0);
-    expect_in(fx, fx->out, "Device DFU version 011a");
-    expect_in(fx, fx->out, "DfuSe interface name: \"Internal Flash  \"");
-    expect_in(fx, fx->out, "File downloaded successfully");
-    expect_in(fx, fx->out, "Submitting leave request...");
+    th_fx_expect_in(fx, fx->out, "Device DFU version 011a");
+    th_fx_expect_in(fx, fx->out, "DfuSe interface name: \"Internal Flash  \"");
+    th_fx_expect_in(fx, fx->out, "File downloaded successfully");
+    th_fx_expect_in(fx, fx->out, "Submitting leave request...");
     /* memory at 0x08000000 (the start of the dump) is fw.bin; the pages
      * it covers were erased; "leave" restarted the device */
     expect_same_prefix(fx, "fw.bin", "stats.txt.d/1-1/alt0.bin", len);
@@ -277,9 +262,9 @@ static void test_dfu_util_sees_the_write_fault(void **state)
     assert_int_not_equal(rc, 0);
     /* dfu-util stops after block 5 and reports the device's bStatus
      * (3, errWRITE) */
-    expect_in(fx, fx->out, "5120 bytes failed!");
-    expect_in(fx, fx->out,
-              "DFU state(10) = dfuERROR, status(3) = Device is unable to write memory");
+    th_fx_expect_in(fx, fx->out, "5120 bytes failed!");
+    th_fx_expect_in(fx, fx->out,
+                    "DFU state(10) = dfuERROR, status(3) = Device is unable to write memory");
 }
 
 /* ---- the station through libusb ----------------------------------- */
@@ -319,7 +304,7 @@ static void test_station_flashes_eight_dfu_devices(void **state)
                  "2-3.4:runtime=1", "--", STATION_BIN, "run", "-c", "station.ini", "--exit-after",
                  "8", "--db", fx->db, "--headless");
     if (rc != 0)
-        show(fx);
+        th_fx_show(fx);
     assert_int_equal(rc, 0);
     assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions WHERE result = 'PASS'"), 8);
     assert_int_equal(th_db_int(fx->db, "SELECT count(*) FROM sessions"), 8);
@@ -337,8 +322,8 @@ static void test_station_flashes_eight_dfu_devices(void **state)
      * station waited that long before asking again, never less */
     for (int i = 0; i < 8; i++)
         expect_stat(fx, paths[i], " early_polls=0 ");
-    expect_in(fx, fx->out, "1-2 SIM1_2 detach ok");
-    expect_in(fx, fx->out, "already in DFU mode (dfuIDLE)"); /* 1-1 and the like */
+    th_fx_expect_in(fx, fx->out, "1-2 SIM1_2 detach ok");
+    th_fx_expect_in(fx, fx->out, "already in DFU mode (dfuIDLE)"); /* 1-1 and the like */
 }
 
 static void test_station_dfu_faults_fail_only_their_slot(void **state)
@@ -401,7 +386,7 @@ static void test_station_dfuse_file_on_runtime_and_dfu_mode_devices(void **state
                  STATION_BIN, "run", "-c", "station.ini", "--exit-after", "3", "--db", fx->db,
                  "--headless");
     if (rc != 0)
-        show(fx);
+        th_fx_show(fx);
     assert_int_equal(rc, 0);
     expect_session(fx, "1-1", "PASS", NULL);
     expect_session(fx, "1-2", "PASS", NULL);
@@ -418,11 +403,11 @@ static void test_harness_dfu_options(void **state)
 {
     struct th_fx *fx = *state;
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1:bogus=1", "--", "true"), 125);
-    expect_in(fx, fx->err, "unknown or bad option 'bogus=1'");
+    th_fx_expect_in(fx, fx->err, "unknown or bad option 'bogus=1'");
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1:stall=nothing", "--", "true"), 125);
     /* a DfuSe alt must be a memory layout */
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1:dfuse=1,alt=Flash", "--", "true"), 125);
-    expect_in(fx, fx->err, "the model refuses this configuration");
+    th_fx_expect_in(fx, fx->err, "the model refuses this configuration");
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1", "--fastboot", "1-1", "--", "true"), 125);
     assert_int_equal(RUN(fx, 20, "--dfu", "1-1:transfer=0", "--", "true"), 125);
     /* ';' in an alt name stands for ',' (options are split at commas) */
@@ -430,7 +415,7 @@ static void test_harness_dfu_options(void **state)
         int rc = RUN(fx, 20, "--dfu", "1-1:dfuse=1,alt=@Flash /0x08000000/02*016Kg;01*064Kg", "--",
                      "dfu-util", "-l");
         assert_int_equal(rc, 0);
-        expect_in(fx, fx->out, "name=\"@Flash /0x08000000/02*016Kg,01*064Kg\"");
+        th_fx_expect_in(fx, fx->out, "name=\"@Flash /0x08000000/02*016Kg,01*064Kg\"");
     }
 }
 
