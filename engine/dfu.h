@@ -209,4 +209,11 @@ int eng_dfu_plan(const struct eng_transport *t, const char *alt_arg, const uint8
                  size_t len, const char *image_name, bool allow_raw, struct eng_dfu_plan *out,
                  char *err, size_t errlen);
 
+/* The same from an image file parsed once already (engine/image.h keeps
+ * each image's parse, made when it loads): no pass over its bytes. */
+struct eng_dfu_file;
+int eng_dfu_plan_file(const struct eng_transport *t, const char *alt_arg,
+                      const struct eng_dfu_file *f, const char *image_name, bool allow_raw,
+                      struct eng_dfu_plan *out, char *err, size_t errlen);
+
 #endif

@@ -56,12 +56,12 @@ static int resolve_alt(const struct eng_dfu_info *info, const char *arg, unsigne
     return failf(err, errlen, "no alt setting named \"%s\" (the device has %s)", arg, have);
 }
 
-int eng_dfu_plan(const struct eng_transport *t, const char *alt_arg, const uint8_t *image,
-                 size_t len, const char *image_name, bool allow_raw, struct eng_dfu_plan *out,
-                 char *err, size_t errlen)
+int eng_dfu_plan_file(const struct eng_transport *t, const char *alt_arg,
+                      const struct eng_dfu_file *fp, const char *image_name, bool allow_raw,
+                      struct eng_dfu_plan *out, char *err, size_t errlen)
 {
     const struct eng_dfu_info *info = &t->dfu;
-    struct eng_dfu_file f;
+    const struct eng_dfu_file f = *fp;
     unsigned alt = 0;
     int rc;
     if (t->protocol_kind != ENG_PROTO_DFU)
@@ -71,20 +71,18 @@ int eng_dfu_plan(const struct eng_transport *t, const char *alt_arg, const uint8
                      "the device is in run-time mode (a detach step must come before this one)");
     if ((rc = resolve_alt(info, alt_arg, &alt, err, errlen)) != 0)
         return rc;
-    if ((rc = eng_dfu_file_parse(image, len, image_name, &f, err, errlen)) != 0)
-        return rc;
     rc = eng_dfu_file_check_device(&f, image_name, t->vid, t->pid, allow_raw, err, errlen);
     if (rc)
-        goto out_free_file;
+        return rc;
 
     memset(out, 0, sizeof(*out));
     out->alt = alt;
     bool dfuse_device = info->bcd_dfu == ENG_DFU_BCD_DFUSE;
     if (f.dfuse) {
         if (!dfuse_device) {
-            rc = failf(err, errlen, "%s: a DfuSe file, and the device is plain DFU (bcdDFU 0x%04x)",
-                       image_name, info->bcd_dfu);
-            goto out_free_file;
+            return failf(err, errlen,
+                         "%s: a DfuSe file, and the device is plain DFU (bcdDFU 0x%04x)",
+                         image_name, info->bcd_dfu);
         }
         for (unsigned i = 0; i < f.n_targets; i++) {
             const struct eng_dfu_target *tg = &f.targets[i];
@@ -95,9 +93,8 @@ int eng_dfu_plan(const struct eng_transport *t, const char *alt_arg, const uint8
                 if (el->size == 0)
                     continue;
                 if (out->n_segs == ENG_DFU_PLAN_MAX_SEGS) {
-                    rc = failf(err, errlen, "%s: more than %d elements for alt %u", image_name,
-                               ENG_DFU_PLAN_MAX_SEGS, alt);
-                    goto out_free_file;
+                    return failf(err, errlen, "%s: more than %d elements for alt %u", image_name,
+                                 ENG_DFU_PLAN_MAX_SEGS, alt);
                 }
                 out->segs[out->n_segs++] = (struct eng_dfu_segment){
                     .address = el->address, .data = el->data, .len = el->size};
@@ -110,9 +107,8 @@ int eng_dfu_plan(const struct eng_transport *t, const char *alt_arg, const uint8
             for (unsigned i = 0; i < f.n_targets && o + 8 < sizeof(alts); i++)
                 o += (size_t)snprintf(alts + o, sizeof(alts) - o, "%s%u", i ? ", " : "",
                                       f.targets[i].alt);
-            rc = failf(err, errlen, "%s: no DfuSe data for alt %u (the file has alt %s)",
-                       image_name, alt, alts);
-            goto out_free_file;
+            return failf(err, errlen, "%s: no DfuSe data for alt %u (the file has alt %s)",
+                         image_name, alt, alts);
         }
     } else {
         uint32_t address = 0;
@@ -120,9 +116,8 @@ int eng_dfu_plan(const struct eng_transport *t, const char *alt_arg, const uint8
             /* A raw image on a DfuSe device goes to the start of the alt's memory. */
             struct eng_dfuse_layout l;
             if (eng_dfuse_layout_parse(info->alt_names[alt], &l) != 0) {
-                rc = failf(err, errlen, "alt %u (\"%s\") has no DfuSe memory layout", alt,
-                           info->alt_names[alt]);
-                goto out_free_file;
+                return failf(err, errlen, "alt %u (\"%s\") has no DfuSe memory layout", alt,
+                             info->alt_names[alt]);
             }
             address = l.regions[0].address;
         }
@@ -131,8 +126,18 @@ int eng_dfu_plan(const struct eng_transport *t, const char *alt_arg, const uint8
             (struct eng_dfu_segment){.address = address, .data = f.payload, .len = f.payload_len};
         out->bytes = f.payload_len;
     }
-    rc = 0;
-out_free_file:
+    return 0;
+}
+
+int eng_dfu_plan(const struct eng_transport *t, const char *alt_arg, const uint8_t *image,
+                 size_t len, const char *image_name, bool allow_raw, struct eng_dfu_plan *out,
+                 char *err, size_t errlen)
+{
+    struct eng_dfu_file f;
+    int rc = eng_dfu_file_parse(image, len, image_name, &f, err, errlen);
+    if (rc)
+        return rc;
+    rc = eng_dfu_plan_file(t, alt_arg, &f, image_name, allow_raw, out, err, errlen);
     eng_dfu_file_free(&f);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/st_error.h"
+#include "engine/dfu_file.h"
 #include "engine/trust.h"
 
 struct eng_image {
@@ -36,6 +37,11 @@ struct eng_image {
     char hash_cache[CFG_PATH_MAX];
     bool remembered;
     char sha256[65];
+    /* The image read as a DFU file (suffix, DfuSe container), once, for
+     * the DFU steps that flash it; dfu_rc and dfu_err when it is not one. */
+    struct eng_dfu_file dfu;
+    int dfu_rc;
+    char dfu_err[CFG_PATH_MAX + 200];
 };
 
 void eng_image_demo_fill(uint8_t *buf, uint64_t len, uint32_t seed)
@@ -215,9 +221,9 @@ static void cache_store(struct eng_image *img, time_t hash_started)
         unlink(tmp);
 }
 
-static void work(uv_work_t *w)
+/* Map or generate, hash or recall the hash, check pin and signature. */
+static void load(struct eng_image *img)
 {
-    struct eng_image *img = w->data;
     img->status = img->cfg.path[0] ? map_file(img) : map_demo(img);
     if (img->status)
         return;
@@ -256,8 +262,21 @@ static void work(uv_work_t *w)
     }
 }
 
+static void work(uv_work_t *w)
+{
+    struct eng_image *img = w->data;
+    load(img);
+    /* Cheap unless the file ends in a DFU suffix (then its CRC): every
+     * session's DFU step uses this parse instead of its own. */
+    if (img->status == 0)
+        img->dfu_rc = eng_dfu_file_parse(img->data, img->size, eng_image_path(img), &img->dfu,
+                                         img->dfu_err, sizeof(img->dfu_err));
+}
+
 static void image_free(struct eng_image *img)
 {
+    if (img->dfu_rc == 0)
+        eng_dfu_file_free(&img->dfu);
     if (img->data)
         munmap(img->data, img->size);
     if (img->fd >= 0)
@@ -342,6 +361,11 @@ const char *eng_image_sha256(const struct eng_image *img)
 bool eng_image_hash_remembered(const struct eng_image *img)
 {
     return img->remembered;
+}
+const struct eng_dfu_file *eng_image_dfu_file(const struct eng_image *img, const char **err)
+{
+    *err = img->dfu_rc ? img->dfu_err : NULL;
+    return img->dfu_rc ? NULL : &img->dfu;
 }
 const char *eng_image_name(const struct eng_image *img)
 {

@@ -65,6 +65,10 @@ const char *eng_image_sha256(const struct eng_image *img); /* lowercase hex */
 /* True when the hash came from the hash cache rather than from reading
  * the file at this load. */
 bool eng_image_hash_remembered(const struct eng_image *img);
+/* The image read as a DFU file (engine/dfu_file.h), parsed once when it
+ * loaded; NULL with *err saying why when it is not a valid one. */
+struct eng_dfu_file;
+const struct eng_dfu_file *eng_image_dfu_file(const struct eng_image *img, const char **err);
 const char *eng_image_name(const struct eng_image *img);
 const char *eng_image_path(const struct eng_image *img); /* "(demo)" for generated */
 /* A read-only descriptor of the content, owned by the image. */

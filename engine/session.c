@@ -586,10 +586,15 @@ static void dfu_step(struct eng_session *s)
         rc = eng_dfu_detach(s->dfu, &lim, on_dfu_done, s);
     } else {
         struct eng_image *img = step_image(s);
+        const char *bad = NULL;
+        const struct eng_dfu_file *f = eng_image_dfu_file(img, &bad);
+        if (!f) {
+            step_fail(s, "%s", bad);
+            return;
+        }
         if (eng_image_check_unchanged(img, err, sizeof(err)) != 0 ||
-            eng_dfu_plan(s->slot->t, st->arg, eng_image_data(img), (size_t)eng_image_size(img),
-                         eng_image_path(img), s->prof->recipe.allow_raw_dfu, &s->dplan, err,
-                         sizeof(err)) != 0) {
+            eng_dfu_plan_file(s->slot->t, st->arg, f, eng_image_path(img),
+                              s->prof->recipe.allow_raw_dfu, &s->dplan, err, sizeof(err)) != 0) {
             step_fail(s, "%s", err);
             return;
         }
