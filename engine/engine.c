@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <openssl/crypto.h>
 #include <sodium.h>
 #include <sys/time.h>
 
@@ -76,11 +75,6 @@ int eng_engine_new(uv_loop_t *loop, const struct eng_options *opts, eng_event_cb
                    void *user_data, struct eng_engine **out)
 {
     if (sodium_init() < 0)
-        return ST_EINTERNAL;
-    /* Initialise libcrypto here, on the loop thread and without reading
-     * openssl.cnf: image hashing then runs on pool threads with nothing
-     * left for them to set up (and nothing to leak). */
-    if (OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL) != 1)
         return ST_EINTERNAL;
     struct eng_engine *eng = calloc(1, sizeof(*eng));
     if (!eng)

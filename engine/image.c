@@ -2,7 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
+#include <nettle/sha2.h>
 #include <sodium.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -128,28 +128,24 @@ out_close:
     return rc;
 }
 
-/* SHA-256 with OpenSSL's libcrypto: it uses the CPU's SHA instructions
- * where there are some (about 5x libsodium's portable code on these
- * machines: 512 MiB in 0.7 s instead of 3.9 s). */
+/* SHA-256 with GNU Nettle: it uses the CPU's SHA instructions where there
+ * are some (512 MiB in about 0.55 s on these machines, as fast as
+ * OpenSSL's libcrypto and 7x libsodium's portable code), keeps no global
+ * state, so pool threads need no set-up, and costs the process no
+ * start-up memory (libcrypto's relocations and provider tables were
+ * about 0.45 MiB of the station's 1.8 MiB private memory). */
 static int hash_image(struct eng_image *img)
 {
-    unsigned char out[EVP_MAX_MD_SIZE];
-    unsigned int outlen = 0;
+    uint8_t out[SHA256_DIGEST_SIZE];
     const uint64_t step = 1u << 20;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
-    for (uint64_t off = 0; ok && off < img->size; off += step) {
+    struct sha256_ctx ctx;
+    sha256_init(&ctx);
+    for (uint64_t off = 0; off < img->size; off += step) {
         uint64_t n = img->size - off < step ? img->size - off : step;
-        ok = EVP_DigestUpdate(ctx, img->data + off, n) == 1;
+        sha256_update(&ctx, (size_t)n, img->data + off);
     }
-    ok = ok && EVP_DigestFinal_ex(ctx, out, &outlen) == 1 && outlen == 32;
-    EVP_MD_CTX_free(ctx);
-    if (!ok) {
-        snprintf(img->message, sizeof(img->message), "%s: cannot compute SHA-256",
-                 img->cfg.path[0] ? img->cfg.path : img->cfg.name);
-        return ST_EINTERNAL;
-    }
-    sodium_bin2hex(img->sha256, sizeof(img->sha256), out, 32);
+    sha256_digest(&ctx, sizeof(out), out);
+    sodium_bin2hex(img->sha256, sizeof(img->sha256), out, sizeof(out));
     return 0;
 }
 

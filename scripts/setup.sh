@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config libuv1-dev libsqlite3-dev libusb-1.0-0-dev
-          libncurses-dev libsodium-dev libssl-dev libxxhash-dev libcmocka-dev sqlite3 valgrind tmux python3
+          libncurses-dev libsodium-dev nettle-dev libxxhash-dev libcmocka-dev sqlite3 valgrind tmux python3
           android-libsparse-dev android-sdk-libsparse-utils fastboot libinih-dev minisign
           zlib1g-dev dfu-util umockdev libumockdev-dev usbutils
           systemd udev dpkg-dev groff-base clang libclang-rt-14-dev)

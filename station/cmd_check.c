@@ -8,7 +8,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <openssl/crypto.h>
 #include <uv.h>
 
 #include "common/st_error.h"
@@ -129,7 +128,6 @@ int st_check_config(const struct cfg_config *cfg)
     }
     uv_loop_t loop;
     uv_loop_init(&loop);
-    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL); /* as eng_engine_new does */
     struct eng_image *imgs[CFG_MAX_PROFILES * CFG_MAX_IMAGES];
     unsigned n_imgs = 0;
     for (unsigned i = 0; i < cfg->n_profiles; i++) {
