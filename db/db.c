@@ -401,8 +401,23 @@ static int open_test_hook(struct db *db, const char **vfs, char *errbuf, size_t 
     return 0;
 }
 
+/* Before SQLite initialises: no bulk page-cache allocation per cache.
+ * By default every page cache the connection opens (main, temp, the
+ * schema work of a migration) takes 20 pages at once, about 85 KiB each,
+ * and the heap keeps them dirty after they are freed; the station's
+ * database needs a handful of pages at a time, so they are allocated one
+ * by one. Fails harmlessly (SQLITE_MISUSE) if something in the process
+ * has already used SQLite. */
+static uv_once_t sqlite_config_once = UV_ONCE_INIT;
+
+static void sqlite_config(void)
+{
+    (void)sqlite3_config(SQLITE_CONFIG_PAGECACHE, (void *)NULL, 0, 0);
+}
+
 int db_open(const char *path, struct db **out, char *errbuf, size_t errlen)
 {
+    uv_once(&sqlite_config_once, sqlite_config);
     const char *vfs;
     int64_t version;
     struct db *db;
