@@ -42,6 +42,10 @@ struct eng_fb {
     const struct eng_iov *iov;
     unsigned n_iov, cur_iov;
     size_t iov_off; /* bytes of iov[cur_iov] already sent */
+    /* eng_fb_set_file(): a file holding the bytes of `file_map` */
+    int file_fd;
+    const uint8_t *file_map;
+    uint64_t file_size;
     uint64_t data_len, data_sent;
     bool download, data_done;
     /* ending: the in-flight transfer was cancelled; finish on its callback */
@@ -130,6 +134,14 @@ static int submit(struct eng_fb *fb, enum eng_xfer_type type, void *buf, size_t 
     fb->xfer.len = len;
     fb->xfer.cb = xfer_done;
     fb->xfer.user_data = fb;
+    fb->xfer.from_file = false;
+    const uint8_t *p = buf;
+    if (type == ENG_XFER_BULK_OUT && fb->file_map && p >= fb->file_map &&
+        (uint64_t)(p - fb->file_map) + len <= fb->file_size) {
+        fb->xfer.from_file = true;
+        fb->xfer.file_fd = fb->file_fd;
+        fb->xfer.file_off = (uint64_t)(p - fb->file_map);
+    }
     int rc = eng_transport_submit(fb->t, &fb->xfer);
     if (rc == 0)
         fb->in_flight = true;
@@ -466,4 +478,11 @@ void eng_fb_close(struct eng_fb *fb, void (*cb)(void *user_data), void *user_dat
         return; /* finish() closes the timer */
     }
     close_timer(fb);
+}
+
+void eng_fb_set_file(struct eng_fb *fb, int fd, const void *map, uint64_t size)
+{
+    fb->file_fd = fd;
+    fb->file_map = fd >= 0 ? map : NULL;
+    fb->file_size = fd >= 0 ? size : 0;
 }

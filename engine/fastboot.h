@@ -62,6 +62,12 @@ int eng_fb_download(struct eng_fb *fb, const void *data, uint64_t len, unsigned 
 int eng_fb_download_iov(struct eng_fb *fb, const struct eng_iov *iov, unsigned n, uint64_t total,
                         unsigned timeout_ms, eng_fb_done_cb cb, void *user_data);
 
+/* The bytes of later downloads that lie inside `map` (`size` bytes) are
+ * also in the open file `fd` at the same offset: transfers carrying them
+ * say so (eng_xfer.from_file), and a transport that can send from a file
+ * copies nothing. fd < 0 forgets it. The file must stay open as long. */
+void eng_fb_set_file(struct eng_fb *fb, int fd, const void *map, uint64_t size);
+
 /* Cancel the running operation; its callback runs with `status` (for
  * example ST_ENODEV or ST_ECANCELED) and `reason`. No-op when idle. */
 void eng_fb_abort(struct eng_fb *fb, int status, const char *reason);

@@ -503,6 +503,7 @@ static void flash_next(struct eng_session *s)
         flash_plan(s);
         return;
     case FL_DOWNLOAD:
+        eng_fb_set_file(s->fb, eng_image_fd(img), eng_image_data(img), eng_image_size(img));
         if (s->plan) {
             const struct eng_sparse_piece *pc = eng_sparse_plan_piece(s->plan, s->piece);
             rc = eng_fb_download_iov(s->fb, pc->iov, pc->n_iov, pc->bytes,

@@ -3,7 +3,10 @@
  * does the "FB01" handshake and then is the eng_transport the engine
  * holds. Two handles per connection (the socket and one timer: the
  * connect/handshake limit, later the "pump" that completes transfers on
- * the next loop iteration); the connection is freed once both are closed.
+ * the next loop iteration), and a third once an image frame is sent from
+ * its file: a poll on a second descriptor of the socket, for room to
+ * write, since libuv's stream writes only from memory. The connection is
+ * freed once all are closed.
  *
  * Receiving reads exactly what the parser needs next (the 8-byte header,
  * then the payload straight into the frame's buffer), so nothing is read
@@ -13,9 +16,13 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/st_error.h"
 
@@ -64,6 +71,16 @@ struct conn {
     /* transfers in flight (one each way) */
     struct eng_xfer *out, *in;
     bool out_canceled, in_canceled;
+    /* An OUT sent from its file (sendfile): the socket's second descriptor
+     * is watched for room to write while the frame goes out. */
+    uv_poll_t poll;
+    int poll_fd;       /* dup() of the socket; -1 before the first use */
+    bool poll_closing; /* closed with the socket */
+    bool file_out;     /* c->out goes through sendfile */
+    size_t file_sent;  /* bytes of that frame sent, header included */
+    int file_status;   /* how it ended, once done or failed */
+    bool file_done;    /* ... completed on the next pump */
+    bool no_sendfile;  /* the file cannot be sent from: write from memory */
     /* the link */
     bool eof;           /* the device will send nothing more */
     bool dropped;       /* the socket is closed or closing */
@@ -88,6 +105,7 @@ struct eng_tcp_source {
     uv_timer_t retry;
     struct conn *conn; /* the connection (any phase) or NULL */
     unsigned arrivals;
+    uint64_t file_bytes; /* frame payload bytes sent from files */
     bool stopping, retry_closed;
     void (*stop_cb)(struct eng_tcp_source *src, void *user_data);
     void *stop_user_data;
@@ -170,8 +188,21 @@ static void handle_closed(uv_handle_t *h)
     free(c);
 }
 
+static void poll_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    close(c->poll_fd);
+    c->poll_fd = -1;
+    handle_closed(h);
+}
+
 static void close_socket(struct conn *c)
 {
+    /* The second descriptor too, or the connection would stay open. */
+    if (c->poll_fd >= 0 && !c->poll_closing) {
+        c->poll_closing = true;
+        uv_close((uv_handle_t *)&c->poll, poll_closed);
+    }
     if (uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     c->reading = false;
@@ -253,8 +284,12 @@ static void resume_reading(struct conn *c)
         c->reading = true;
 }
 
+static void file_out_end(struct conn *c);
+
 static void pump(struct conn *c)
 {
+    if (c->file_out && (c->file_done || c->dropped))
+        file_out_end(c);
     for (;;) {
         struct eng_xfer *x = c->in;
         if (!x)
@@ -320,6 +355,129 @@ static void on_write(uv_write_t *req, int status)
     kick(c);
 }
 
+/* ---- sending from a file ---- */
+
+/* The frame sent from its file is over (all sent, failed, cancelled
+ * before its first byte, or the link dropped): complete it as on_write
+ * completes a write. */
+static void file_out_end(struct conn *c)
+{
+    struct eng_xfer *x = c->out;
+    int status = c->dropped && !c->file_done ? ST_ENODEV : c->file_status;
+    c->out = NULL;
+    c->file_out = false;
+    c->file_done = false;
+    if (!c->poll_closing)
+        uv_poll_stop(&c->poll);
+    if (c->out_canceled) {
+        c->out_canceled = false;
+        complete(x, ST_ECANCELED, status == 0 && c->file_sent ? x->len : 0);
+    } else {
+        complete(x, status, status == 0 ? x->len : 0);
+    }
+    kick(c);
+}
+
+static void file_out_fail(struct conn *c, int status)
+{
+    c->file_status = status;
+    c->file_done = true;
+    drop_link(c, ST_ENODEV); /* part of a frame may be on the wire */
+}
+
+/* Send the header, then the payload from the file (or from the mapping
+ * when the kernel cannot send from this file), until the socket is full
+ * or the frame is out. True when it is out; false to wait for room (or
+ * after a failure, which drops the link). */
+static bool file_send(struct conn *c)
+{
+    struct eng_xfer *x = c->out;
+    const size_t hdr = sizeof(c->out_hdr), total = hdr + x->len;
+    while (c->file_sent < total) {
+        ssize_t n;
+        if (c->file_sent < hdr) {
+            n = send(c->poll_fd, c->out_hdr + c->file_sent, hdr - c->file_sent, MSG_NOSIGNAL);
+        } else if (!c->no_sendfile) {
+            off_t off = (off_t)(x->file_off + (c->file_sent - hdr));
+            n = sendfile(c->poll_fd, x->file_fd, &off, total - c->file_sent);
+            if (n < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+                c->no_sendfile = true; /* this file cannot be spliced */
+                continue;
+            }
+            if (n == 0) { /* the file is shorter than the frame: it changed */
+                file_out_fail(c, ST_EIO);
+                return false;
+            }
+            if (n > 0 && c->src)
+                c->src->file_bytes += (uint64_t)n;
+        } else {
+            n = send(c->poll_fd, (const uint8_t *)x->buf + (c->file_sent - hdr),
+                     total - c->file_sent, MSG_NOSIGNAL);
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return false; /* wait for room */
+            file_out_fail(c, errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN
+                                 ? ST_ENODEV
+                                 : st_error_from_errno(errno));
+            return false;
+        }
+        c->file_sent += (size_t)n;
+    }
+    c->file_status = 0;
+    c->file_done = true;
+    return true;
+}
+
+static void on_writable(uv_poll_t *p, int status, int events)
+{
+    struct conn *c = p->data;
+    (void)events;
+    if (!c->file_out || c->file_done || c->dropped)
+        return;
+    if (status < 0)
+        file_out_fail(c, from_uv(status));
+    else if (file_send(c))
+        file_out_end(c);
+}
+
+/* Send x from its file: 0, or a negative code to send it from memory. */
+static int file_out_start(struct conn *c, struct eng_xfer *x)
+{
+    if (c->opts->no_sendfile || c->no_sendfile)
+        return ST_EINVAL;
+    if (c->poll_fd < 0) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0)
+            return ST_EINVAL;
+        int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (dup_fd < 0)
+            return ST_EINVAL;
+        if (uv_poll_init_socket(c->loop, &c->poll, dup_fd) != 0) {
+            close(dup_fd);
+            return ST_EINVAL;
+        }
+        c->poll.data = c;
+        c->poll_fd = dup_fd;
+        c->open_handles++;
+    }
+    if (uv_poll_start(&c->poll, UV_WRITABLE, on_writable) != 0)
+        return ST_EINVAL;
+    c->out = x;
+    c->out_canceled = false;
+    c->file_out = true;
+    c->file_sent = 0;
+    c->file_status = 0;
+    c->file_done = false;
+    /* As much as the socket takes now, as uv_write does; the callback
+     * comes on the next pump if that was all. */
+    if (file_send(c) || c->dropped)
+        kick(c);
+    return 0;
+}
+
 static int tcp_submit(struct eng_transport *t, struct eng_xfer *x)
 {
     struct conn *c = (struct conn *)t;
@@ -336,6 +494,8 @@ static int tcp_submit(struct eng_transport *t, struct eng_xfer *x)
         if (c->eof)
             return ST_ENODEV;
         put_be64(c->out_hdr, x->len);
+        if (x->from_file && x->len && file_out_start(c, x) == 0)
+            return 0;
         uv_buf_t bufs[2] = {
             uv_buf_init((char *)c->out_hdr, sizeof(c->out_hdr)),
             uv_buf_init((char *)x->buf, (unsigned)x->len),
@@ -375,6 +535,14 @@ static void cancel_out(struct conn *c)
     if (c->out_canceled)
         return;
     c->out_canceled = true;
+    if (c->file_out) {
+        /* all sent: it ends on the next pump; otherwise drop the link */
+        if (!c->file_done)
+            drop_link(c, ST_ENODEV);
+        else
+            kick(c);
+        return;
+    }
     if (!c->dropped && c->tcp.write_queue_size > 0)
         drop_link(c, ST_ENODEV);
 }
@@ -589,6 +757,7 @@ static int conn_start(struct eng_tcp_source *src, struct conn **out)
     c->tcp.data = c;
     c->timer.data = c;
     c->connect_req.data = c;
+    c->poll_fd = -1;
     c->open_handles = 2;
     *out = c;
     rc = uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&src->addr, on_connect);
@@ -737,6 +906,11 @@ const char *eng_tcp_source_port(const struct eng_tcp_source *src)
 unsigned eng_tcp_source_arrivals(const struct eng_tcp_source *src)
 {
     return src->arrivals;
+}
+
+uint64_t eng_tcp_source_file_bytes(const struct eng_tcp_source *src)
+{
+    return src->file_bytes;
 }
 
 static void retry_closed(uv_handle_t *h)

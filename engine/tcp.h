@@ -20,7 +20,10 @@
  *
  * Transport behaviour (engine/transport.h):
  *   - BULK_OUT sends one frame: the header and the caller's buffer go to
- *     one uv_write, nothing is copied;
+ *     one uv_write; a transfer whose bytes are in a file (from_file, an
+ *     image) is sent from the file with sendfile(2), so the kernel takes
+ *     the pages from the page cache and no CPU copies them into the
+ *     socket (a file the kernel cannot send from falls back to memory);
  *   - BULK_IN completes with the next received frame's payload, or
  *     ST_EOVERFLOW when the frame is longer than the transfer's buffer
  *     (the frame is consumed); frames above `max_frame` bytes are a
@@ -61,6 +64,7 @@ struct eng_tcp_options {
     unsigned queue_frames;         /* stop reading with this many frames queued; default 16 */
     size_t queue_bytes;            /* ... or this many bytes queued; default 64 KiB */
     unsigned profile; /* engine profile of this slot's devices (eng_transport.profile) */
+    bool no_sendfile; /* send every frame from memory, never from its file (tests) */
 };
 
 /*
@@ -87,6 +91,9 @@ const char *eng_tcp_source_port(const struct eng_tcp_source *src);
 
 /* Connections handed to the engine so far. */
 unsigned eng_tcp_source_arrivals(const struct eng_tcp_source *src);
+
+/* Frame payload bytes sent straight from files (sendfile) so far. */
+uint64_t eng_tcp_source_file_bytes(const struct eng_tcp_source *src);
 
 /*
  * Stop connecting: the retry timer and any connection not yet handed to

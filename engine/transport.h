@@ -17,6 +17,7 @@
 #ifndef ENG_TRANSPORT_H
 #define ENG_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,13 @@ struct eng_xfer {
     void *buf;        /* OUT: bytes to send (not modified); IN: room */
     size_t len;       /* OUT: bytes to send; IN: room in buf */
     uint8_t setup[8]; /* CONTROL only */
+    /* OUT, optional: the same bytes are also in the open file `file_fd`
+     * at `file_off` (buf points into the image's read-only mapping). A
+     * transport that can send from a file (TCP: sendfile) may take them
+     * from there instead and copy nothing; the others ignore it. */
+    bool from_file;
+    int file_fd;
+    uint64_t file_off;
     eng_xfer_cb cb;
     void *user_data;
     /* Set by the transport before the callback. */

@@ -323,6 +323,55 @@ static void test_reboot_bootloader_continues_over_tcp(void **state)
     assert_true(find_part(dev, "userdata")->erased);
 }
 
+/* Flash boot (1 MiB, raw) and system (4 MiB in sparse pieces of at most
+ * 1 MiB) to one device, the transport sending from the image files or,
+ * with no_sendfile, from memory; returns the payload bytes it sent from
+ * files. Either way the partitions must hold the images exactly. */
+static uint64_t flash_boot_and_system(struct ip *ip, bool no_sendfile)
+{
+    cfg_recipe_default(&ip->recipe, 4u << 20);
+    ip->recipe.n_steps = 0;
+    th_add_step(&ip->recipe, CFG_STEP_FLASH, "boot", 0);
+    th_add_step(&ip->recipe, CFG_STEP_FLASH, "system", 1);
+    struct st_sim_options so = {.count = 1, .keep_data = true, .max_download = 1u << 20};
+    ip_sim(ip, &so);
+    ip_engine(ip, true);
+    struct eng_tcp_options to = {.retry_ms = 5000, .no_sendfile = no_sendfile};
+    ip_source(ip, ip->port, &to);
+    ip_run(ip, 1, 0);
+    if (ip->ends[0].result != ENG_RESULT_PASS)
+        fail_msg("session failed: %s", ip->ends[0].reason);
+    struct eng_vfb *dev = st_sim_device(ip->sim, 1);
+    const struct {
+        const char *name;
+        uint32_t seed;
+        size_t size;
+    } want[] = {{"boot", 0xb007u, 1u << 20}, {"system", 0x5157u, 4u << 20}};
+    for (size_t i = 0; i < 2; i++) {
+        const struct eng_vfb_part *part = find_part(dev, want[i].name);
+        assert_non_null(part);
+        assert_int_equal(part->size, want[i].size);
+        uint8_t *bytes = demo(want[i].size, want[i].seed);
+        assert_memory_equal(part->data, bytes, want[i].size);
+        free(bytes);
+    }
+    return eng_tcp_source_file_bytes(ip->src[0]);
+}
+
+static void test_image_bytes_are_sent_from_the_file(void **state)
+{
+    /* Every data byte of boot and at least the raw data of system's
+     * pieces (all but their sparse headers) left through sendfile. */
+    uint64_t from_file = flash_boot_and_system(*state, false);
+    if (from_file < (1u << 20) + (3u << 20) || from_file > 5u << 20)
+        fail_msg("%llu bytes sent from the image files", (unsigned long long)from_file);
+}
+
+static void test_image_bytes_are_sent_from_memory_without_sendfile(void **state)
+{
+    assert_int_equal(flash_boot_and_system(*state, true), 0);
+}
+
 static void test_wrong_product_over_tcp_is_never_written(void **state)
 {
     struct ip *ip = *state;
@@ -967,6 +1016,10 @@ int main(void)
         cmocka_unit_test(test_address_parsing),
         cmocka_unit_test_setup_teardown(test_reboot_bootloader_continues_over_tcp, ip_setup,
                                         ip_teardown),
+        cmocka_unit_test_setup_teardown(test_image_bytes_are_sent_from_the_file, ip_setup,
+                                        ip_teardown),
+        cmocka_unit_test_setup_teardown(test_image_bytes_are_sent_from_memory_without_sendfile,
+                                        ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_product_over_tcp_is_never_written, ip_setup,
                                         ip_teardown),
         cmocka_unit_test_setup_teardown(test_replies_too_long_or_garbage_fail_their_step, ip_setup,
