@@ -51,7 +51,7 @@ struct run {
     double wall, cpu;
     int exit_code;
     int passed, recorded;
-    double p50_ms, p99_ms, max_ms, busy_pct, iter_max_ms;
+    double p50_ms, p99_ms, max_ms, busy_pct, iter_max_ms, max_at_s;
     long samples, over_2ms, over_20ms;
     bool have_stats;
 };
@@ -80,12 +80,14 @@ static void read_stats(const char *path, struct run *r)
     if (!f)
         return;
     while (fgets(line, sizeof(line), f)) {
-        long p50, p99, mx, iter;
+        long p50, p99, mx, iter, at = 0;
         double busy;
         if (sscanf(line,
                    "loop samples=%ld p50_us=%ld p99_us=%ld max_us=%ld over_2ms=%ld "
-                   "over_20ms=%ld busy_pct=%lf iter_max_us=%ld",
-                   &r->samples, &p50, &p99, &mx, &r->over_2ms, &r->over_20ms, &busy, &iter) == 8) {
+                   "over_20ms=%ld busy_pct=%lf iter_max_us=%ld max_at_ms=%ld",
+                   &r->samples, &p50, &p99, &mx, &r->over_2ms, &r->over_20ms, &busy, &iter,
+                   &at) >= 8) {
+            r->max_at_s = at / 1e3;
             r->p50_ms = p50 / 1e3;
             r->p99_ms = p99 / 1e3;
             r->max_ms = mx / 1e3;
@@ -280,10 +282,10 @@ static double median(const struct run *rs, int n, size_t off)
 static void print_row(const char *label, const struct config *c, const struct run *r)
 {
     printf("| %-8s | %-9s | %s | %7u | %5g | %4u | %5d/%-5u | %6.1f | %6.2f | %7.2f | %7.2f | "
-           "%7.2f | %5.1f | %8.2f | %d |\n",
+           "%7.2f | %8.2f | %5.1f | %8.2f | %d |\n",
            label, c->headless ? "headless" : "dashboard", c->tcp ? "tcp " : "virt", c->devices,
            c->pace, c->mib, r->passed, c->sessions, r->wall, r->cpu, r->p50_ms, r->p99_ms,
-           r->max_ms, r->busy_pct, r->iter_max_ms, r->exit_code);
+           r->max_ms, r->max_at_s, r->busy_pct, r->iter_max_ms, r->exit_code);
 }
 
 int main(int argc, char **argv)
@@ -335,9 +337,9 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     printf("| run      | output    | src  | devices | MB/s  | MiB  | passed      | wall s | CPU s  "
-           "| p50 ms  | p99 ms  | max ms  | busy%% | iter max | exit |\n");
+           "| p50 ms  | p99 ms  | max ms  | max at s | busy%% | iter max | exit |\n");
     printf("|----------|-----------|------|---------|-------|------|-------------|--------|--------"
-           "|---------|---------|---------|-------|----------|------|\n");
+           "|---------|---------|---------|----------|-------|----------|------|\n");
     struct run rs[MAX_RUNS];
     for (unsigned k = 0; k < c.repeat; k++) {
         char label[16];
@@ -354,6 +356,7 @@ int main(int argc, char **argv)
         m.p99_ms = median(rs, (int)c.repeat, offsetof(struct run, p99_ms));
         m.max_ms = median(rs, (int)c.repeat, offsetof(struct run, max_ms));
         m.busy_pct = median(rs, (int)c.repeat, offsetof(struct run, busy_pct));
+        m.max_at_s = median(rs, (int)c.repeat, offsetof(struct run, max_at_s));
         m.iter_max_ms = median(rs, (int)c.repeat, offsetof(struct run, iter_max_ms));
         print_row("median", &c, &m);
     }

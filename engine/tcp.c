@@ -32,6 +32,11 @@
 #define DEFAULT_MAX_FRAME (1u << 20)
 #define DEFAULT_QUEUE_FRAMES 16
 #define DEFAULT_QUEUE_BYTES (64u << 10)
+/* At most this much of a frame goes into the socket per loop iteration:
+ * over loopback the kernel runs the receiving side in the sender's call,
+ * so 64 connections taking 1 MiB each at once held the loop for 20 ms
+ * (B3 --tcp in docs/BENCHMARKS.md). */
+#define FILE_SEND_PER_WAKEUP (256u << 10)
 
 enum conn_phase {
     CP_CONNECTING,
@@ -393,7 +398,10 @@ static bool file_send(struct conn *c)
 {
     struct eng_xfer *x = c->out;
     const size_t hdr = sizeof(c->out_hdr), total = hdr + x->len;
+    const size_t stop_at = c->file_sent + FILE_SEND_PER_WAKEUP;
     while (c->file_sent < total) {
+        if (c->file_sent >= stop_at)
+            return false; /* the rest on a later iteration: the socket stays writable */
         ssize_t n;
         if (c->file_sent < hdr) {
             n = send(c->poll_fd, c->out_hdr + c->file_sent, hdr - c->file_sent, MSG_NOSIGNAL);
