@@ -15,6 +15,7 @@
  * reported gone, closed or freed until that work has returned.
  */
 #include "engine/usb.h"
+#include "engine/usb_budget.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -47,10 +48,10 @@ struct usb_poll {
     struct usb_poll *next;
 };
 
-struct waiter { /* a transfer waiting for budget */
+struct waiter {            /* a transfer waiting for budget */
+    struct eng_usb_wait q; /* first: the queue (engine/usb_budget.h) links these */
     struct usbdev *d;
     struct eng_xfer *x;
-    struct waiter *next;
 };
 
 struct usbdev {
@@ -107,9 +108,9 @@ struct eng_usb {
     bool in_deferred, deferred_again;
     struct usbdev *devs;
     size_t inflight;
-    struct waiter *waiting;
-    bool stopping; /* hotplug off, no new devices */
-    bool closing;  /* handles closing (after the engine closed) */
+    struct eng_usb_wait *waiting; /* struct waiter: small ones first (usb_budget.h) */
+    bool stopping;                /* hotplug off, no new devices */
+    bool closing;                 /* handles closing (after the engine closed) */
     unsigned open_handles;
     void (*stop_cb)(struct eng_usb *usb, void *user_data);
     void *stop_user_data;
@@ -762,13 +763,13 @@ static int really_submit(struct usbdev *d, struct eng_xfer *x)
 static void submit_waiting(struct eng_usb *usb)
 {
     while (usb->waiting) {
-        struct waiter *w = usb->waiting;
-        if (usb->inflight && usb->inflight + w->x->len > usb->opts.inflight_budget)
+        struct waiter *w = (struct waiter *)usb->waiting;
+        if (!eng_usb_budget_fits(usb->opts.inflight_budget, usb->inflight, w->x->len))
             return;
         int rc = really_submit(w->d, w->x);
         if (rc == ST_ENOMEM)
             return; /* usbfs is full: wait for a completion */
-        usb->waiting = w->next;
+        usb->waiting = w->q.next;
         if (rc) {
             /* delivered by process_deferred(), like every completion */
             struct eng_xfer *x = w->x;
@@ -827,8 +828,8 @@ static int usb_submit(struct eng_transport *t, struct eng_xfer *x)
         return ST_EINVAL;
     x->status = 0;
     x->actual = 0;
-    if (!usb->waiting &&
-        (usb->inflight == 0 || usb->inflight + x->len <= usb->opts.inflight_budget)) {
+    if (!eng_usb_must_queue(usb->waiting, x->len) &&
+        eng_usb_budget_fits(usb->opts.inflight_budget, usb->inflight, x->len)) {
         int rc = really_submit(d, x);
         if (rc != ST_ENOMEM)
             return rc;
@@ -839,10 +840,8 @@ static int usb_submit(struct eng_transport *t, struct eng_xfer *x)
         return ST_ENOMEM;
     w->d = d;
     w->x = x;
-    struct waiter **pp = &usb->waiting;
-    while (*pp)
-        pp = &(*pp)->next;
-    *pp = w;
+    w->q.len = x->len;
+    eng_usb_wait_push(&usb->waiting, &w->q);
     d->x[kind_of(x)] = x; /* reserved: the callback will come */
     arm_timer(usb);
     return 0;
@@ -850,10 +849,10 @@ static int usb_submit(struct eng_transport *t, struct eng_xfer *x)
 
 static bool unqueue(struct eng_usb *usb, struct eng_xfer *x)
 {
-    for (struct waiter **pp = &usb->waiting; *pp; pp = &(*pp)->next) {
-        if ((*pp)->x == x) {
-            struct waiter *w = *pp;
-            *pp = w->next;
+    for (struct eng_usb_wait **pp = &usb->waiting; *pp; pp = &(*pp)->next) {
+        struct waiter *w = (struct waiter *)*pp;
+        if (w->x == x) {
+            *pp = w->q.next;
             free(w);
             return true;
         }
@@ -1070,9 +1069,9 @@ void eng_usb_free(struct eng_usb *usb)
     while (usb->devs)
         free_dev(usb, usb->devs);
     while (usb->waiting) {
-        struct waiter *w = usb->waiting;
+        struct eng_usb_wait *w = usb->waiting;
         usb->waiting = w->next;
-        free(w);
+        free(w); /* the struct waiter it begins */
     }
     if (usb->ctx)
         libusb_exit(usb->ctx);

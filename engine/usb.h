@@ -20,7 +20,9 @@
  *
  * Transfers: asynchronous bulk and control; one global in-flight byte
  * budget (usbfs allows 16 MiB by default for the whole system) with
- * LIBUSB_ERROR_NO_MEM treated as "wait", never as failure.
+ * LIBUSB_ERROR_NO_MEM treated as "wait", never as failure; commands,
+ * replies and control requests wait ahead of image data and have a part
+ * of the budget kept for them (engine/usb_budget.h).
  */
 #ifndef ENG_USB_H
 #define ENG_USB_H
