@@ -30,6 +30,7 @@
 #include "engine/dfu.h"
 
 #define DEFAULT_BUDGET (16u << 20)
+#define DATA_SLICE_NS 2000000u /* image-data completions per pass: see holds_data() */
 #define OPEN_RETRY_EVERY_MS 100
 #define LANGID_EN_US 0x0409
 
@@ -104,6 +105,7 @@ struct eng_usb {
     struct usb_poll *polls;
     uv_timer_t timer;   /* libusb timeouts (when not on timerfd) and open retries */
     uv_idle_t deferred; /* runs process_deferred outside libusb */
+    uv_check_t events;  /* one libusb event pass per loop iteration (on_poll) */
     bool in_events;
     bool in_deferred, deferred_again;
     struct usbdev *devs;
@@ -199,11 +201,27 @@ static void handle_events(struct eng_usb *usb)
 
 static void arm_timer(struct eng_usb *usb);
 
+static void on_events(uv_check_t *h)
+{
+    struct eng_usb *usb = h->data;
+    uv_check_stop(h);
+    handle_events(usb);
+    arm_timer(usb);
+}
+
+/* libusb's descriptors are ready: handle its events once, after the poll
+ * phase, however many of them (one per device) were ready. One pass per
+ * ready descriptor reaped every device each time, and each pass's
+ * callbacks submitted the next transfers that the following pass reaped
+ * again: with 16 devices that answer at once (the usbdevfs harness) one
+ * loop iteration ran for seconds (B4 in docs/BENCHMARKS.md). */
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct usb_poll *p = h->data;
-    handle_events(p->usb);
-    arm_timer(p->usb);
+    (void)status;
+    (void)events;
+    if (!p->usb->closing)
+        uv_check_start(&p->usb->events, on_events);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -659,6 +677,46 @@ static bool transfers_in_flight(const struct usbdev *d)
     return d->x[0] || d->x[1] || d->x[2] || d->reset_x;
 }
 
+/* A successful image-data OUT transfer of a device still there and open. */
+static bool is_data(const struct usbdev *d, int k)
+{
+    const struct eng_xfer *x = d->x[k];
+    return k == 0 && x && x->status == 0 && !eng_usb_small(x->len) && !d->gone && !d->closing;
+}
+
+/*
+ * Delivering a completed image-data transfer makes its driver submit the
+ * next one right away (a copy of up to 1 MiB into usbfs; under the
+ * usbdevfs harness, a round trip that moves the data). A pass delivers
+ * them for DATA_SLICE_NS at most, at least one, and leaves the rest for
+ * the next loop iteration, starting with them: with every device
+ * answering at once a loop iteration otherwise took 100 ms and more, and
+ * a device just plugged in waited for several of them for its first
+ * command (B4 in docs/BENCHMARKS.md). Real buses complete far fewer
+ * transfers per iteration than one slice holds.
+ */
+static bool holds_data(const struct usbdev *d, int k, bool data_delivered, uint64_t slice_end)
+{
+    return data_delivered && is_data(d, k) && uv_hrtime() >= slice_end;
+}
+
+/* Make `d` the head of the device list, keeping the order around. */
+static void rotate_to(struct eng_usb *usb, struct usbdev *d)
+{
+    if (usb->devs == d)
+        return;
+    struct usbdev **pp = &usb->devs, *tail = d;
+    while (*pp && *pp != d)
+        pp = &(*pp)->next;
+    if (!*pp)
+        return; /* freed meanwhile */
+    while (tail->next)
+        tail = tail->next;
+    tail->next = usb->devs;
+    usb->devs = d;
+    *pp = NULL;
+}
+
 static void process_deferred(struct eng_usb *usb)
 {
     if (usb->in_events)
@@ -668,6 +726,9 @@ static void process_deferred(struct eng_usb *usb)
         return;
     }
     usb->in_deferred = true;
+    const uint64_t slice_end = uv_hrtime() + DATA_SLICE_NS;
+    bool data_delivered = false;
+    struct usbdev *first_held = NULL;
 again:
     usb->deferred_again = false;
     struct usbdev *d = usb->devs, *next;
@@ -682,8 +743,14 @@ again:
             break;
         case D_ATTACHED:
             for (int k = 0; k < 3; k++) {
+                if (d->done[k] && holds_data(d, k, data_delivered, slice_end)) {
+                    if (!first_held)
+                        first_held = d;
+                    continue;
+                }
                 if (d->done[k]) {
                     struct eng_xfer *x = d->x[k];
+                    data_delivered = data_delivered || is_data(d, k);
                     d->done[k] = false;
                     d->x[k] = NULL;
                     /* the loop time the callback's timers start from */
@@ -721,6 +788,11 @@ again:
     if (usb->deferred_again)
         goto again;
     usb->in_deferred = false;
+    if (first_held) {
+        /* next pass: the held ones first, then the others in turn */
+        rotate_to(usb, first_held);
+        kick(usb);
+    }
 }
 
 /* ---- the transport ---- */
@@ -997,8 +1069,9 @@ int eng_usb_new(uv_loop_t *loop, struct eng_engine *eng, const struct eng_usb_op
     }
     uv_timer_init(loop, &usb->timer);
     uv_idle_init(loop, &usb->deferred);
-    usb->timer.data = usb->deferred.data = usb;
-    usb->open_handles = 2;
+    uv_check_init(loop, &usb->events);
+    usb->timer.data = usb->deferred.data = usb->events.data = usb;
+    usb->open_handles = 3;
     const struct libusb_pollfd **fds = libusb_get_pollfds(usb->ctx);
     for (int i = 0; fds && fds[i]; i++)
         pollfd_added(fds[i]->fd, fds[i]->events, usb);
@@ -1058,8 +1131,10 @@ void eng_usb_close(struct eng_usb *usb, void (*cb)(struct eng_usb *usb, void *us
     }
     uv_timer_stop(&usb->timer);
     uv_idle_stop(&usb->deferred);
+    uv_check_stop(&usb->events);
     uv_close((uv_handle_t *)&usb->timer, handle_closed);
     uv_close((uv_handle_t *)&usb->deferred, handle_closed);
+    uv_close((uv_handle_t *)&usb->events, handle_closed);
 }
 
 void eng_usb_free(struct eng_usb *usb)
