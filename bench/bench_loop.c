@@ -117,12 +117,13 @@ static pid_t start_sim(const char *station, const char *dir, unsigned devices, d
             int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
             dup2(fd, 1);
             dup2(fd, 2);
+            /* --no-hash as the in-process rack (its model skips hashing too) */
             if (pace > 0)
                 execl(station, station, "sim", "--tcp", tcp, "--count", count, "--pace", pc,
-                      "--quiet", "--offline-ms", "300", (char *)NULL);
+                      "--quiet", "--no-hash", "--offline-ms", "300", (char *)NULL);
             else
                 execl(station, station, "sim", "--tcp", tcp, "--count", count, "--quiet",
-                      "--offline-ms", "300", (char *)NULL);
+                      "--no-hash", "--offline-ms", "300", (char *)NULL);
             _exit(127);
         }
         for (int i = 0; i < 500; i++) {

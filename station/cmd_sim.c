@@ -32,6 +32,8 @@ static const char sim_usage[] =
     "  --product NAME       getvar product (default simphone)\n"
     "  --info-lines N       INFO lines before each flash OKAY\n"
     "  --keep-data          keep partition bytes in memory\n"
+    "  --no-hash            do not hash the bytes received (benchmarks: the devices'\n"
+    "                       bookkeeping off the CPUs they share with the host)\n"
     "  --dump DIR           tests only (blocking file I/O on the loop; implies --keep-data):\n"
     "                       after each flash or erase write DIR/devN/PART.img and\n"
     "                       DIR/devN/stats\n"
@@ -89,6 +91,7 @@ int st_cmd_sim(int argc, char **argv)
         O_PRODUCT,
         O_INFO,
         O_KEEP,
+        O_NO_HASH,
         O_DUMP,
         O_DUMP_DOWNLOADS,
         O_OFFLINE,
@@ -107,6 +110,7 @@ int st_cmd_sim(int argc, char **argv)
         {"product", required_argument, NULL, O_PRODUCT},
         {"info-lines", required_argument, NULL, O_INFO},
         {"keep-data", no_argument, NULL, O_KEEP},
+        {"no-hash", no_argument, NULL, O_NO_HASH},
         {"dump", required_argument, NULL, O_DUMP},
         {"dump-downloads", no_argument, NULL, O_DUMP_DOWNLOADS},
         {"offline-ms", required_argument, NULL, O_OFFLINE},
@@ -176,6 +180,9 @@ int st_cmd_sim(int argc, char **argv)
             if (st_parse_uint("--info-lines", optarg, 50, &v))
                 return ST_EXIT_USAGE;
             o.info_lines = (unsigned)v;
+            break;
+        case O_NO_HASH:
+            o.no_hash = true;
             break;
         case O_KEEP:
             o.keep_data = true;

@@ -134,6 +134,7 @@ static int new_unit(struct simdev *d, bool with_faults)
     cfg.info_lines = sim->opts.info_lines;
     cfg.ab_slots = sim->opts.ab_slots;
     cfg.keep_data = sim->opts.keep_data || sim->opts.dump_dir;
+    cfg.no_hash = sim->opts.no_hash;
     d->failat_cmd[0] = '\0';
     d->failat_k = d->failat_seen = 0;
     for (unsigned i = 0; with_faults && i < d->n_faults; i++) {

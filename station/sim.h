@@ -66,6 +66,7 @@ struct st_sim_options {
     const char *product;  /* default: the model's ("simphone") */
     unsigned info_lines;  /* INFO lines per flash */
     bool keep_data;       /* keep partition bytes (implied by dump_dir) */
+    bool no_hash;         /* devices skip hashing what they receive (benchmarks) */
     const char *dump_dir; /* tests only (see above); NULL = none */
     bool dump_downloads;
     unsigned offline_ms; /* away after reboot/disconnect; default 3000 */

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
 
 #include <android/sparse/sparse.h>
 
@@ -327,13 +328,14 @@ static void test_reboot_bootloader_continues_over_tcp(void **state)
  * 1 MiB) to one device, the transport sending from the image files or,
  * with no_sendfile, from memory; returns the payload bytes it sent from
  * files. Either way the partitions must hold the images exactly. */
-static uint64_t flash_boot_and_system(struct ip *ip, bool no_sendfile)
+static uint64_t flash_boot_and_system(struct ip *ip, bool no_sendfile, bool no_hash)
 {
     cfg_recipe_default(&ip->recipe, 4u << 20);
     ip->recipe.n_steps = 0;
     th_add_step(&ip->recipe, CFG_STEP_FLASH, "boot", 0);
     th_add_step(&ip->recipe, CFG_STEP_FLASH, "system", 1);
-    struct st_sim_options so = {.count = 1, .keep_data = true, .max_download = 1u << 20};
+    struct st_sim_options so = {
+        .count = 1, .keep_data = true, .max_download = 1u << 20, .no_hash = no_hash};
     ip_sim(ip, &so);
     ip_engine(ip, true);
     struct eng_tcp_options to = {.retry_ms = 5000, .no_sendfile = no_sendfile};
@@ -353,6 +355,9 @@ static uint64_t flash_boot_and_system(struct ip *ip, bool no_sendfile)
         assert_int_equal(part->size, want[i].size);
         uint8_t *bytes = demo(want[i].size, want[i].seed);
         assert_memory_equal(part->data, bytes, want[i].size);
+        /* boot went raw: the device hashed it, unless told not to */
+        if (i == 0)
+            assert_true(part->hash == (no_hash ? 0 : XXH3_64bits(bytes, want[i].size)));
         free(bytes);
     }
     return eng_tcp_source_file_bytes(ip->src[0]);
@@ -362,14 +367,20 @@ static void test_image_bytes_are_sent_from_the_file(void **state)
 {
     /* Every data byte of boot and at least the raw data of system's
      * pieces (all but their sparse headers) left through sendfile. */
-    uint64_t from_file = flash_boot_and_system(*state, false);
+    uint64_t from_file = flash_boot_and_system(*state, false, false);
     if (from_file < (1u << 20) + (3u << 20) || from_file > 5u << 20)
         fail_msg("%llu bytes sent from the image files", (unsigned long long)from_file);
 }
 
 static void test_image_bytes_are_sent_from_memory_without_sendfile(void **state)
 {
-    assert_int_equal(flash_boot_and_system(*state, true), 0);
+    assert_int_equal(flash_boot_and_system(*state, true, false), 0);
+}
+
+static void test_sim_devices_can_skip_hashing(void **state)
+{
+    /* station sim --no-hash: the same bytes written, no hash kept */
+    assert_true(flash_boot_and_system(*state, false, true) > 0);
 }
 
 static void test_wrong_product_over_tcp_is_never_written(void **state)
@@ -1020,6 +1031,7 @@ int main(void)
                                         ip_teardown),
         cmocka_unit_test_setup_teardown(test_image_bytes_are_sent_from_memory_without_sendfile,
                                         ip_setup, ip_teardown),
+        cmocka_unit_test_setup_teardown(test_sim_devices_can_skip_hashing, ip_setup, ip_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_product_over_tcp_is_never_written, ip_setup,
                                         ip_teardown),
         cmocka_unit_test_setup_teardown(test_replies_too_long_or_garbage_fail_their_step, ip_setup,

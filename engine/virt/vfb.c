@@ -412,7 +412,7 @@ int eng_vfb_host_write(struct eng_vfb *d, const void *data, size_t len, size_t *
             d->in_data = false;
             d->staged = true;
             d->staged_size = d->data_expected;
-            d->staged_hash = XXH3_64bits_digest(d->hash);
+            d->staged_hash = d->cfg.no_hash ? 0 : XXH3_64bits_digest(d->hash);
             d->staged_sparse = d->data_expected >= 28 && d->first[0] == 0x3a &&
                                d->first[1] == 0xff && d->first[2] == 0x26 && d->first[3] == 0xed;
             if (!d->silent)
