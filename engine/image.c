@@ -35,6 +35,7 @@ struct eng_image {
     struct eng_pubkey signer;
     bool require_signature;
     char hash_cache[CFG_PATH_MAX];
+    bool hash_cache_refresh;
     bool remembered;
     char sha256[65];
     /* The image read as a DFU file (suffix, DfuSe container), once, for
@@ -224,7 +225,7 @@ static void load(struct eng_image *img)
     if (img->status)
         return;
     bool cached = img->cfg.path[0] && img->hash_cache[0];
-    if (cached && cache_lookup(img)) {
+    if (cached && !img->hash_cache_refresh && cache_lookup(img)) {
         img->remembered = true;
     } else {
         time_t started = time(NULL);
@@ -312,6 +313,7 @@ int eng_image_open(uv_loop_t *loop, const struct cfg_image *cfg,
     img->require_signature = trust && trust->require_signature;
     if (trust && trust->hash_cache)
         snprintf(img->hash_cache, sizeof(img->hash_cache), "%s", trust->hash_cache);
+    img->hash_cache_refresh = trust && trust->hash_cache_refresh;
     img->refs = 1;
     img->cb = cb;
     img->user_data = user_data;

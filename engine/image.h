@@ -36,6 +36,7 @@ struct eng_image_trust {
     const struct eng_pubkey *signer; /* minisign key; NULL = none */
     bool require_signature;          /* refuse the image without a good PATH.minisig */
     const char *hash_cache;          /* directory of remembered hashes; NULL = none */
+    bool hash_cache_refresh;         /* never recall: read every byte, then remember */
 };
 
 /* status 0, or a negative code with `message` naming the file. The image

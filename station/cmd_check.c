@@ -126,6 +126,10 @@ int st_check_config(const struct cfg_config *cfg)
             printf(" %s", s->paths[p]);
         printf("\n");
     }
+    char hash_cache[CFG_PATH_MAX + 16] = "";
+    if (cfg->db[0] && (size_t)snprintf(hash_cache, sizeof(hash_cache), "%s.hashes", cfg->db) >=
+                          sizeof(hash_cache))
+        hash_cache[0] = '\0';
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct eng_image *imgs[CFG_MAX_PROFILES * CFG_MAX_IMAGES];
@@ -140,8 +144,12 @@ int st_check_config(const struct cfg_config *cfg)
                policy_name(p->serial_policy));
         printf("  recipe %s: %s %s, %u step(s), %u image(s)\n", p->recipe_path, r->name, r->version,
                r->n_steps, r->n_images);
+        /* Every byte is read here; what was read is remembered for the
+         * station's next start with this configuration (DB.hashes/). */
         struct eng_image_trust trust = {.signer = have_key ? &key : NULL,
-                                        .require_signature = cfg->require_signatures};
+                                        .require_signature = cfg->require_signatures,
+                                        .hash_cache = hash_cache[0] ? hash_cache : NULL,
+                                        .hash_cache_refresh = true};
         for (unsigned k = 0; k < r->n_images; k++) {
             struct image_check *ic = &ics[n_ics++];
             ic->ck = &ck;

@@ -8,6 +8,8 @@
  *   records carry its new SHA-256;
  * - a damaged cache entry is ignored;
  * - --no-hash-cache neither reads nor writes the cache;
+ * - `station check` hashes every byte every time and leaves what it read
+ *   to the station's next start with the same configuration;
  * - a file modified less than two seconds before its hashing (here: an
  *   hour in the future) is not remembered (a later write in the same
  *   timestamp tick could hide).
@@ -202,16 +204,9 @@ static void test_remembered_until_the_file_changes(void **state)
     assert_string_equal(sha, fx->sha);
 }
 
-static void test_damaged_entry_is_ignored(void **state)
+/* Keep every cache entry's header and stat line; make its hash `hash`. */
+static void set_entry_hashes(struct fx *fx, const char *hash)
 {
-    struct fx *fx = *state;
-    char sha[65];
-    write_image(fx, 0x777u);
-    th_sleep_ms(2500);
-    free(run_station(fx, false));
-    assert_int_equal(cache_entries(fx), 1);
-
-    /* every entry: the right header and stat line, a hash cut short */
     DIR *d = opendir(fx->cache);
     assert_non_null(d);
     for (struct dirent *e; (e = readdir(d));) {
@@ -225,14 +220,73 @@ static void test_damaged_entry_is_ignored(void **state)
         *last = '\0';
         last = strrchr(text, '\n');
         assert_non_null(last);
-        last[10] = '\0'; /* keep 9 hex digits of 64 */
+        last[1] = '\0';
         FILE *f = fopen(path, "w");
         assert_non_null(f);
-        fprintf(f, "%s\n", text);
+        fprintf(f, "%s%s\n", text, hash);
         assert_int_equal(fclose(f), 0);
         free(text);
     }
     closedir(d);
+}
+
+/* `station check` reads every byte and remembers what it read for the
+ * station's next start with the same configuration. */
+static void test_check_remembers_for_the_next_start(void **state)
+{
+    struct fx *fx = *state;
+    write_image(fx, 0x5eedu);
+    set_mtime(fx, time(NULL) - 60);
+    th_sleep_ms(2500); /* the change time too */
+    th_spit_in(fx->dir, "t.recipe",
+               "recipe t 1\nprotocol fastboot\nimage system system.img\nflash system system\n");
+    th_spit_in(fx->dir, "station.ini",
+               "[station]\nid = t\ndb = station.db\n[profile p]\nmatch = class FF/42/03\n"
+               "recipe = t.recipe\n");
+    char *out;
+    int rc = th_sh_out(&out, "cd '%s' && %s check -c station.ini 2>&1", fx->dir, STATION_BIN);
+    if (rc != 0 || !strstr(out, fx->sha))
+        fail_msg("station check failed or printed another hash:\n%s", out);
+    free(out);
+    assert_int_equal(cache_entries(fx), 1);
+    /* check itself never takes a remembered hash: a forged one is
+     * overwritten with what the file holds */
+    char forged[65];
+    memset(forged, 'a', 64);
+    forged[64] = '\0';
+    set_entry_hashes(fx, forged);
+    rc = th_sh_out(&out, "cd '%s' && %s check -c station.ini 2>&1", fx->dir, STATION_BIN);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, fx->sha));
+    assert_null(strstr(out, forged));
+    free(out);
+    /* the station's first start with this configuration reads no image byte */
+    rc = th_sh_out(&out,
+                   "cd '%s' && %s run -c station.ini --simulate 1 --exit-after 1 --pace 0 "
+                   "--headless --seed 7 2>&1",
+                   fx->dir, STATION_BIN);
+    if (rc != 0)
+        fail_msg("station run failed:\n%s", out);
+    expect_line(out, fx->sha, true);
+    free(out);
+    char sha[65];
+    recorded_sha(fx, sha);
+    assert_string_equal(sha, fx->sha);
+}
+
+static void test_damaged_entry_is_ignored(void **state)
+{
+    struct fx *fx = *state;
+    char sha[65];
+    write_image(fx, 0x777u);
+    th_sleep_ms(2500);
+    free(run_station(fx, false));
+    assert_int_equal(cache_entries(fx), 1);
+
+    /* every entry: the right header and stat line, a hash cut short */
+    char prefix[10];
+    snprintf(prefix, sizeof(prefix), "%.9s", fx->sha);
+    set_entry_hashes(fx, prefix);
 
     char *out = run_station(fx, false);
     expect_line(out, fx->sha, false);
@@ -245,6 +299,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_remembered_until_the_file_changes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_remembers_for_the_next_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_entry_is_ignored, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
