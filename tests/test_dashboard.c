@@ -445,6 +445,25 @@ static void test_ascii_without_colour_and_quit_when_idle(void **state)
     assert_int_equal(th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 3);
 }
 
+/* An operator's Ctrl-S (XOFF) on the station's terminal: the flashing
+ * goes on, the station finishes its sessions and exits by itself. With
+ * the terminal's flow control on, its next write to the terminal waited
+ * for a Ctrl-Q and no slot moved. */
+static void test_ctrl_s_does_not_stop_the_station(void **state)
+{
+    struct fx *fx = *state;
+    start(fx, 120, 40, "",
+          "run --simulate 4 --pace 0 --system-mib 1 --replug-ms 300 --exit-after 40 "
+          "--serial-policy reflash");
+    const char *up[] = {"virt-01", NULL};
+    free(wait_text(fx, 20000, up));
+    keys(fx, "C-s");
+    int rc = exit_code(fx, 60000);
+    keys(fx, "C-q");
+    assert_int_equal(rc, 0);
+    assert_int_equal(th_db_int(fx->db, "SELECT COUNT(*) FROM sessions WHERE result='PASS'"), 40);
+}
+
 static void test_headless_flag_on_a_terminal(void **state)
 {
     struct fx *fx = *state;
@@ -526,6 +545,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rack_faults_pause_resize_quit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ascii_without_colour_and_quit_when_idle, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_ctrl_s_does_not_stop_the_station, setup, teardown),
         cmocka_unit_test_setup_teardown(test_headless_flag_on_a_terminal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_format_json, setup, teardown),
     };

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "common/st_error.h"
@@ -165,6 +166,22 @@ static void on_winch(uv_signal_t *h, int signum)
     d->resized = true;
 }
 
+/* Ctrl-S is a key like any other while the dashboard runs. With the
+ * terminal's output flow control on (IXON, the default), Ctrl-S stopped
+ * the terminal's output: the loop then waited in its next write to the
+ * terminal and every slot froze until Ctrl-Q (tests/test_dashboard.c).
+ * ncurses keeps this as the program's mode and restores the shell's at
+ * the end. */
+static void no_flow_control(int fd)
+{
+    struct termios tio;
+    if (fd < 0 || !isatty(fd) || tcgetattr(fd, &tio) != 0)
+        return;
+    tio.c_iflag &= ~(tcflag_t)IXON;
+    if (tcsetattr(fd, TCSANOW, &tio) == 0)
+        def_prog_mode();
+}
+
 /* A descriptor of our own for the keys: the terminal reopened, so that
  * the O_NONBLOCK that uv_poll_init() sets does not reach stdout through a
  * shared open file description (what libuv does for uv_tty_t too). */
@@ -222,6 +239,7 @@ int ui_dash_new(uv_loop_t *loop, struct ui_model *model, const struct ui_dash_op
     cbreak(); /* not raw(): Ctrl-C still stops the station through SIGINT */
     noecho();
     nonl();
+    no_flow_control(fileno(d->out));
     intrflush(stdscr, FALSE);
     keypad(stdscr, TRUE);
     nodelay(stdscr, TRUE);
