@@ -246,6 +246,12 @@ int ui_dash_new(uv_loop_t *loop, struct ui_model *model, const struct ui_dash_op
     set_escdelay(0); /* a lone Esc must not make the loop wait */
     leaveok(stdscr, TRUE);
     curs_set(0);
+    /* ncurses flushes its output after every cursor move until the screen
+     * has been through endwin() and back: a frame with 64 slots went to
+     * the terminal as 170 writes of 20 bytes (1,700 a second). Once round
+     * that trip, a frame is one write. Nothing is drawn yet. */
+    endwin();
+    doupdate();
     d->sc.color = has_colors();
     if (d->sc.color && start_color() == ERR)
         d->sc.color = false;
