@@ -8,7 +8,6 @@
  * changes the exit code); a plain build runs two cells under valgrind.
  * The runs go several at a time. The matrix is printed as a table.
  */
-#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -25,6 +24,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "helpers.h"
 
 #define DEVICES "4"
 #define FAULTY "virt-02"
@@ -214,39 +215,25 @@ static bool applies(const struct cell *c)
 
 static char base_dir[256];
 
-static void write_file(const char *dir, const char *name, const char *text)
-{
-    char path[400];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    assert_int_equal(fclose(f), 0);
-}
-
+/* dir/name: n pseudo-random bytes (not compressible, not sparse). */
 static void write_bytes(const char *dir, const char *name, size_t n, uint32_t seed)
 {
     char path[400];
+    uint8_t *buf = malloc(n);
+    assert_non_null(buf);
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    uint32_t x = seed;
-    for (size_t i = 0; i < n; i++) {
-        x = x * 1103515245u + 12345u; /* not compressible, not sparse */
-        fputc((int)(x >> 24), f);
-    }
-    assert_int_equal(fclose(f), 0);
+    th_fill_xorshift(buf, n, seed);
+    th_spit(path, buf, n);
+    free(buf);
 }
 
 /* Recipes and images shared by every run. */
 static void make_line(void)
 {
-    snprintf(base_dir, sizeof(base_dir), "%s/fmXXXXXX", TEST_TMPDIR);
-    mkdir(TEST_TMPDIR, 0755);
-    assert_non_null(mkdtemp(base_dir));
+    th_tmpdir("fm", base_dir, sizeof(base_dir));
     write_bytes(base_dir, "system.img", 3u << 20, 7);
     write_bytes(base_dir, "fw.bin", 8192, 11);
-    write_file(base_dir, "phone.recipe",
+    th_spit_in(base_dir, "phone.recipe",
                "recipe fm-phone 1\n"
                "protocol fastboot\n"
                "image system system.img\n"
@@ -254,7 +241,7 @@ static void make_line(void)
                "flash system system\n"
                "erase userdata\n"
                "reboot\n");
-    write_file(base_dir, "board.recipe",
+    th_spit_in(base_dir, "board.recipe",
                "recipe fm-board 1\n"
                "protocol dfu\n"
                "allow-raw-dfu\n"
@@ -262,11 +249,11 @@ static void make_line(void)
                "detach\n"
                "dfu-download 0 firmware\n"
                "dfu-verify 0 firmware\n");
-    write_file(base_dir, "phone.ini",
+    th_spit_in(base_dir, "phone.ini",
                "[station]\nid = fm\n"
                "[profile phone]\nmatch = class FF/42/03\nrecipe = phone.recipe\n"
                "[simulate]\nprofile = phone\n");
-    write_file(base_dir, "board.ini",
+    th_spit_in(base_dir, "board.ini",
                "[station]\nid = fm\n"
                "[profile board]\nmatch = class FE/01/02\nprotocol = dfu\n"
                "recipe = board.recipe\n"
@@ -285,7 +272,7 @@ static pid_t start_run(struct cell *c, bool valgrind, unsigned index)
     snprintf(fault, sizeof(fault), "2:%s", c->spec);
     snprintf(out, sizeof(out), "%s/out.txt", dir);
     snprintf(err, sizeof(err), "%s/err.txt", dir);
-    char *argv[40];
+    const char *argv[40];
     int n = 0;
     if (valgrind) {
         argv[n++] = "valgrind";
@@ -316,17 +303,7 @@ static pid_t start_run(struct cell *c, bool valgrind, unsigned index)
         argv[n++] = "1048576";
     }
     argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
+    return th_spawn(argv, out, err, NULL);
 }
 
 static long long q_int(sqlite3 *db, const char *sql)
@@ -593,10 +570,7 @@ static void test_fault_matrix(void **state)
     }
     if (bad)
         fail_msg("%u of %u runs went wrong (files kept in %s)", bad, n, base_dir);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", base_dir);
-    if (system(cmd) != 0)
-        print_error("could not remove %s\n", base_dir);
+    th_rmtree(base_dir);
 }
 
 int main(void)
