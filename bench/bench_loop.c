@@ -325,16 +325,9 @@ int main(int argc, char **argv)
         c.repeat = 1;
     if (c.repeat > MAX_RUNS)
         c.repeat = MAX_RUNS;
-    char station[1024];
-    ssize_t len = readlink("/proc/self/exe", station, sizeof(station) - 32);
-    if (len <= 0)
+    char station[1100];
+    if (!bench_build_path(station, sizeof(station), "station"))
         return 1;
-    station[len] = '\0';
-    snprintf(strrchr(station, '/'), 32, "/../station"); /* build/bench/x -> build/station */
-    if (access(station, X_OK) != 0) {
-        fprintf(stderr, "bench_loop: needs %s\n", station);
-        return 1;
-    }
     signal(SIGPIPE, SIG_IGN);
 
     printf("| run      | output    | src  | devices | MB/s  | MiB  | passed      | wall s | CPU s  "

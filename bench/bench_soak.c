@@ -344,16 +344,9 @@ int main(int argc, char **argv)
     };
     if (parse(argc, argv, &c) != 0)
         return usage();
-    char station[1024];
-    ssize_t len = readlink("/proc/self/exe", station, sizeof(station) - 32);
-    if (len <= 0)
+    char station[1100];
+    if (!bench_build_path(station, sizeof(station), "station"))
         return 1;
-    station[len] = '\0';
-    snprintf(strrchr(station, '/'), 32, "/../station"); /* build/bench/x -> build/station */
-    if (access(station, X_OK) != 0) {
-        fprintf(stderr, "bench_soak: needs %s\n", station);
-        return 1;
-    }
     char dir[] = "/tmp/bench_soak.XXXXXX";
     if (!mkdtemp(dir)) {
         fprintf(stderr, "bench_soak: mkdtemp: %s\n", strerror(errno));

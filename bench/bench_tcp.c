@@ -239,20 +239,16 @@ int main(int argc, char **argv)
     unsigned devices = argc > 1 ? (unsigned)atoi(argv[1]) : 16;
     unsigned mib = argc > 2 ? (unsigned)atoi(argv[2]) : 512;
     const char *maxdl = argc > 3 ? argv[3] : "16777216";
-    char station[1024], dir[] = "/tmp/bench_tcpXXXXXX", image[256], boot[256], db[256], out[256];
+    char station[1100], dir[] = "/tmp/bench_tcpXXXXXX", image[256], boot[256], db[256], out[256];
     if (devices == 0 || devices > MAX_PROCS || mib == 0) {
         fprintf(stderr, "usage: bench_tcp [DEVICES (1-%d) [IMAGE_MIB [MAX_DOWNLOAD]]]\n",
                 MAX_PROCS);
         return 2;
     }
-    ssize_t n = readlink("/proc/self/exe", station, sizeof(station) - 32);
-    if (n <= 0)
+    if (!bench_build_path(station, sizeof(station), "station"))
         return 1;
-    station[n] = '\0';
-    char *slash = strrchr(station, '/');
-    snprintf(slash, 32, "/../station"); /* build/bench/bench_tcp -> build/station */
-    if (access(station, X_OK) != 0 || system("command -v fastboot >/dev/null") != 0) {
-        fprintf(stderr, "bench_tcp: needs %s and fastboot\n", station);
+    if (system("command -v fastboot >/dev/null") != 0) {
+        fprintf(stderr, "bench_tcp: needs fastboot (scripts/setup.sh installs it)\n");
         return 1;
     }
     if (!mkdtemp(dir))

@@ -57,3 +57,20 @@ bool bench_file_has(const char *path, const char *needle)
     free(buf);
     return found;
 }
+
+bool bench_build_path(char *buf, size_t len, const char *rel)
+{
+    char self[1024];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0) {
+        fprintf(stderr, "cannot find this program: %s\n", strerror(errno));
+        return false;
+    }
+    self[n] = '\0';
+    *strrchr(self, '/') = '\0'; /* build/bench */
+    if ((size_t)snprintf(buf, len, "%s/../%s", self, rel) >= len || access(buf, X_OK) != 0) {
+        fprintf(stderr, "needs %s/../%s (build it first)\n", self, rel);
+        return false;
+    }
+    return true;
+}
