@@ -79,13 +79,12 @@ struct conn {
     /* An OUT sent from its file (sendfile): the socket's second descriptor
      * is watched for room to write while the frame goes out. */
     uv_poll_t poll;
-    int poll_fd;       /* dup() of the socket; -1 before the first use */
-    bool poll_closing; /* closed with the socket */
-    bool file_out;     /* c->out goes through sendfile */
-    size_t file_sent;  /* bytes of that frame sent, header included */
-    int file_status;   /* how it ended, once done or failed */
-    bool file_done;    /* ... completed on the next pump */
-    bool no_sendfile;  /* the file cannot be sent from: write from memory */
+    int poll_fd;      /* dup() of the socket; -1 before the first use */
+    bool file_out;    /* c->out goes through sendfile */
+    size_t file_sent; /* bytes of that frame sent, header included */
+    int file_status;  /* how it ended, once done or failed */
+    bool file_done;   /* ... completed on the next pump */
+    bool no_sendfile; /* the file cannot be sent from: write from memory */
     /* the link */
     bool eof;           /* the device will send nothing more */
     bool dropped;       /* the socket is closed or closing */
@@ -204,10 +203,8 @@ static void poll_closed(uv_handle_t *h)
 static void close_socket(struct conn *c)
 {
     /* The second descriptor too, or the connection would stay open. */
-    if (c->poll_fd >= 0 && !c->poll_closing) {
-        c->poll_closing = true;
+    if (c->poll_fd >= 0 && !uv_is_closing((uv_handle_t *)&c->poll))
         uv_close((uv_handle_t *)&c->poll, poll_closed);
-    }
     if (uv_is_closing((uv_handle_t *)&c->tcp))
         return;
     c->reading = false;
@@ -362,9 +359,8 @@ static void on_write(uv_write_t *req, int status)
 
 /* ---- sending from a file ---- */
 
-/* The frame sent from its file is over (all sent, failed, cancelled
- * before its first byte, or the link dropped): complete it as on_write
- * completes a write. */
+/* The frame sent from its file is over (all sent, failed, or the link
+ * dropped): complete it as on_write completes a write. */
 static void file_out_end(struct conn *c)
 {
     struct eng_xfer *x = c->out;
@@ -372,7 +368,7 @@ static void file_out_end(struct conn *c)
     c->out = NULL;
     c->file_out = false;
     c->file_done = false;
-    if (!c->poll_closing)
+    if (!uv_is_closing((uv_handle_t *)&c->poll))
         uv_poll_stop(&c->poll);
     if (c->out_canceled) {
         c->out_canceled = false;
