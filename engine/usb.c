@@ -743,12 +743,12 @@ again:
             break;
         case D_ATTACHED:
             for (int k = 0; k < 3; k++) {
-                if (d->done[k] && holds_data(d, k, data_delivered, slice_end)) {
-                    if (!first_held)
-                        first_held = d;
-                    continue;
-                }
                 if (d->done[k]) {
+                    if (holds_data(d, k, data_delivered, slice_end)) {
+                        if (!first_held)
+                            first_held = d;
+                        continue;
+                    }
                     struct eng_xfer *x = d->x[k];
                     data_delivered = data_delivered || is_data(d, k);
                     d->done[k] = false;

@@ -127,9 +127,8 @@ int st_check_config(const struct cfg_config *cfg)
         printf("\n");
     }
     char hash_cache[CFG_PATH_MAX + 16] = "";
-    if (cfg->db[0] && (size_t)snprintf(hash_cache, sizeof(hash_cache), "%s.hashes", cfg->db) >=
-                          sizeof(hash_cache))
-        hash_cache[0] = '\0';
+    if (cfg->db[0])
+        st_hash_cache_dir(cfg->db, hash_cache, sizeof(hash_cache));
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct eng_image *imgs[CFG_MAX_PROFILES * CFG_MAX_IMAGES];

@@ -940,9 +940,8 @@ int st_run(const struct st_run_options *o)
     }
     if (!opts.db_path)
         opts.db_path = "station.db";
-    if (!opts.no_hash_cache && (size_t)snprintf(st->hash_cache, sizeof(st->hash_cache), "%s.hashes",
-                                                opts.db_path) >= sizeof(st->hash_cache))
-        st->hash_cache[0] = '\0';
+    if (!opts.no_hash_cache)
+        st_hash_cache_dir(opts.db_path, st->hash_cache, sizeof(st->hash_cache));
     if (opts.station_id)
         snprintf(st->station_id, sizeof(st->station_id), "%s", opts.station_id);
     else if (gethostname(st->station_id, sizeof(st->station_id) - 1) != 0)
@@ -1191,4 +1190,10 @@ out_loop:
     ui_model_free(&st->model);
     fflush(opts.out);
     return exit_code;
+}
+
+void st_hash_cache_dir(const char *db_path, char *buf, size_t len)
+{
+    if ((size_t)snprintf(buf, len, "%s.hashes", db_path) >= len)
+        buf[0] = '\0';
 }

@@ -76,4 +76,9 @@ struct st_run_options {
 /* Run the station; returns an st_exit code. */
 int st_run(const struct st_run_options *opts);
 
+/* The folder of remembered image hashes beside the database `db_path`
+ * (DB.hashes/, engine/image.h) into buf; "" when it does not fit. Written
+ * by `station run` and `station check`. */
+void st_hash_cache_dir(const char *db_path, char *buf, size_t len);
+
 #endif
