@@ -226,6 +226,10 @@ static void load(struct eng_image *img)
     bool cached = img->cfg.path[0] && img->hash_cache[0];
     if (cached && !img->hash_cache_refresh && cache_lookup(img)) {
         img->remembered = true;
+        /* Nothing has read the file: ask for it now, here on the pool,
+         * rather than have the first sessions' sends wait for the disk on
+         * the loop (hashing it did this before). */
+        (void)posix_fadvise(img->fd, 0, 0, POSIX_FADV_WILLNEED);
     } else {
         time_t started = time(NULL);
         hash_image(img);

@@ -682,7 +682,8 @@ static void on_sighup(uv_signal_t *h, int signum)
  * upper edges; max is exact), from the start of the run until the station
  * begins to stop (loop_stats_stop). libuv keeps time in whole
  * milliseconds and a VM wakes a sleeping CPU late, so an idle loop already
- * shows about 1 ms (p99 1.9 ms on these machines). busy_pct is the share of the
+ * shows up to about 1 ms (p99 0.2-1.9 ms on these machines, by how busy
+ * the host is). busy_pct is the share of the
  * run spent outside the poll wait (libuv's idle-time metric); iter_max_us is
  * the longest single loop iteration outside the poll wait; max_at_ms is when
  * the worst stall ended, from the start of the run. Without the
